@@ -1,0 +1,1 @@
+"""Storage: the schema (models.py), connections (engine.py) and every SQL operation (queries.py)."""

@@ -1,0 +1,83 @@
+"""Connections, and the one place where driver errors become :mod:`tagger.errors`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from tagger.errors import DatabaseUnavailable, InputError
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """One engine (and pool) per URL and process: no per-batch connection setup on the hot path."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        connect_args={"connect_timeout": 5, "application_name": "repo-tagger"},
+    )
+
+
+def is_postgres(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Driver errors → DatabaseUnavailable (retry) or InputError (bad data, no retry)."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
+        if isinstance(exc, sa_exc.DataError):
+            raise InputError(f"rejected by the database: {exc.orig}") from exc
+        raise
+    except sa_exc.TimeoutError as exc:  # pool exhausted
+        raise DatabaseUnavailable(f"database pool timeout: {exc}") from exc
+
+
+@contextmanager
+def transaction(url: str) -> Iterator[Connection]:
+    """A connection inside one transaction, committed on success; driver errors translated."""
+    with translate_errors(), get_engine(url).begin() as conn:
+        yield conn
+
+
+def create_database_if_missing(url: str) -> bool:
+    """CREATE DATABASE for a PostgreSQL URL whose database does not exist yet. True if created."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        return False
+    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with translate_errors(), admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": parsed.database}
+            ).scalar()
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(parsed.database)
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        admin.dispose()

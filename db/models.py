@@ -1,0 +1,114 @@
+"""The schema. Alembic migrations must match it (tests/test_migrations.py checks).
+
+Types are portable (JSON, not ARRAY) so the embedded demo runs the same code on SQLite.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+
+JOB_STATES = ("queued", "done", "failed", "dead")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TagRow(Base):
+    """The current taxonomy: ids are the user's, never renumbered."""
+
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class TaxonomyVersion(Base):
+    __tablename__ = "taxonomy_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(Text, unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class Repo(Base):
+    __tablename__ = "repos"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    readme: Mapped[str] = mapped_column(Text)
+    readme_hash: Mapped[str] = mapped_column(Text)
+    # Bumped whenever the README's hash changes: orders results computed from different READMEs.
+    readme_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class Result(Base):
+    __tablename__ = "results"
+    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
+    tag_ids: Mapped[Any] = mapped_column(JsonType)
+    backend: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    prompt_version: Mapped[str] = mapped_column(Text)
+    taxonomy_version: Mapped[int] = mapped_column(Integer)
+    readme_hash: Mapped[str] = mapped_column(Text)
+    readme_version: Mapped[int] = mapped_column(Integer)
+    raw_output: Mapped[str] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    tagged_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class Job(Base):
+    """Each repo's job state. Postgres is the source of truth; the queue is only a transport."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
+        Index("ix_jobs_state_queued_at", "state", "queued_at"),
+    )
+    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # When the repo is due on a worker: enqueue time, or the time a planned retry comes due.
+    queued_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    task_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DeadLetter(Base):
+    """Repos that kept failing. No foreign key: an id that is not in the index is dead-lettered too."""
+
+    __tablename__ = "dead_letters"
+    repo_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    error_class: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    last_failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    task_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+metadata = Base.metadata
+tags = TagRow.__table__
+taxonomy_versions = TaxonomyVersion.__table__
+repos = Repo.__table__
+results = Result.__table__
+jobs = Job.__table__
+dead_letters = DeadLetter.__table__

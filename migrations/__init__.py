@@ -1,0 +1,1 @@
+"""Alembic migrations; a package so that installed copies of repo-tagger can find them."""

@@ -1,0 +1,200 @@
+"""Enqueueing: ids → Postgres job state 'queued' → one Celery message per batch.
+
+Ids are read page by page (keyset pagination) and sent while the queue stays under its high-water
+mark, so a million repos cost a bounded number of messages in Redis and a flat amount of memory.
+Postgres is marked first, then the message is sent: a message that never arrives is found by the
+sweeper, never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+import sqlalchemy as sa
+import structlog
+from kombu.exceptions import OperationalError as KombuOperationalError
+from tqdm import tqdm
+
+from db.engine import transaction
+from db.models import repos
+from db.queries import Selection, claim_stuck_jobs, current_taxonomy_version, existing_repo_ids, load_taxonomy, mark_queued, page_repo_ids
+from producer.queue import queue_depth
+from tagger.backends import configured_model
+from tagger.errors import BrokerUnavailable, InputError
+from tagger.ids import validate_repo_id
+from tagger.prompt import PromptBuilder
+from tagger.settings import Settings
+
+log = structlog.get_logger("tagger.producer")
+
+PAGE_SIZE = 5000
+BACKPRESSURE_POLL_S = 0.5
+
+
+@dataclass
+class EnqueueReport:
+    sent: int = 0
+    batches: int = 0
+    unknown: int = 0
+    unknown_sample: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    paused_s: float = 0.0
+    elapsed_s: float = 0.0
+
+
+def current_configuration(settings: Settings) -> dict[str, object]:
+    """The configuration a worker with these settings would record in its results."""
+    with transaction(settings.database_url) as conn:
+        taxonomy = load_taxonomy(conn)
+        version = current_taxonomy_version(conn)
+    return {
+        "backend": settings.backend,
+        "model": configured_model(settings),
+        "prompt_version": PromptBuilder(taxonomy).version,
+        "taxonomy_version": version,
+    }
+
+
+def count_selection(settings: Settings, selection: Selection) -> int | None:
+    if selection != "all":
+        return None  # counting a join over the whole index costs as much as selecting it
+    with transaction(settings.database_url) as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(repos)).scalar_one())
+
+
+def iter_selection(settings: Settings, selection: Selection, page_size: int = PAGE_SIZE) -> Iterator[list[str]]:
+    """Pages of ids in ``selection``, keyset-paginated: one short query per page, nothing held open."""
+    current = current_configuration(settings) if selection == "stale" else None
+    after: str | None = None
+    while True:
+        with transaction(settings.database_url) as conn:
+            page = page_repo_ids(conn, selection, after=after, limit=page_size, current=current)
+        if not page:
+            return
+        yield page
+        after = page[-1]
+
+
+class Sender:
+    """Sends batches over one broker connection, pausing while the queue is above its high-water mark."""
+
+    def __init__(self, settings: Settings, on_pause: Callable[[int], None] | None = None) -> None:
+        from workers.tasks import tag_batch
+
+        self.settings = settings
+        self.task = tag_batch
+        self.on_pause = on_pause
+        self.report = EnqueueReport()
+        self._since_check = 0
+
+    def _wait_for_room(self) -> None:
+        high = self.settings.queue_high_water
+        # Checking every message costs a round trip; a quarter of the mark keeps the bound tight.
+        self._since_check += 1
+        if self._since_check < max(1, high // 4):
+            return
+        self._since_check = 0
+        depth = queue_depth(self.settings.broker_url, self.settings.queue)
+        if depth < high:
+            return
+        started = time.monotonic()
+        if self.on_pause:
+            self.on_pause(depth)
+        while depth >= high // 2:  # resume at half the mark so we don't flap around it
+            time.sleep(BACKPRESSURE_POLL_S)
+            depth = queue_depth(self.settings.broker_url, self.settings.queue)
+        self.report.paused_s += time.monotonic() - started
+
+    def send(self, ids: Sequence[str], *, reset_attempts: bool = True) -> None:
+        for start in range(0, len(ids), self.settings.batch_size):
+            batch = list(ids[start : start + self.settings.batch_size])
+            self._wait_for_room()
+            with transaction(self.settings.database_url) as conn:
+                mark_queued(conn, batch, reset_attempts=reset_attempts)
+            try:
+                self.task.apply_async((batch,), retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
+            except KombuOperationalError as exc:
+                raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
+            self.report.sent += len(batch)
+            self.report.batches += 1
+
+
+def _progress(total: int | None, enabled: bool) -> tqdm:
+    # disable=None: a bar on a terminal, silence in logs and pipes.
+    return tqdm(total=total, unit="repo", unit_scale=True, dynamic_ncols=True, disable=None if enabled else True,
+                desc="enqueue")
+
+
+def enqueue_selection(settings: Settings, selection: Selection, *, progress: bool = False) -> EnqueueReport:
+    started = time.monotonic()
+    total = count_selection(settings, selection) if progress else None
+    sender = Sender(settings)
+    with _progress(total, progress) as bar:
+        sender.on_pause = lambda depth: bar.set_postfix_str(f"queue full ({depth} batches), waiting")
+        for page in iter_selection(settings, selection):
+            sender.send(page)
+            bar.update(len(page))
+            bar.set_postfix_str("")
+    sender.report.elapsed_s = time.monotonic() - started
+    log.info("enqueued", selection=selection, repos=sender.report.sent, batches=sender.report.batches)
+    return sender.report
+
+
+def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool = False) -> EnqueueReport:
+    """Enqueue explicit ids (``--ids``, ``--file``): validated, deduplicated, unknown ids reported."""
+    started = time.monotonic()
+    sender = Sender(settings)
+    report = sender.report
+    seen_in_chunk: set[str]
+    iterator = iter(raw_ids)
+    with _progress(None, progress) as bar:
+        while chunk := list(islice(iterator, PAGE_SIZE)):
+            valid: list[str] = []
+            seen_in_chunk = set()
+            for raw in chunk:
+                try:
+                    repo_id = validate_repo_id(raw)
+                except InputError as exc:
+                    report.invalid.append(str(exc))
+                    continue
+                if repo_id in seen_in_chunk:
+                    report.duplicates += 1
+                    continue
+                seen_in_chunk.add(repo_id)
+                valid.append(repo_id)
+            if not valid:
+                continue
+            with transaction(settings.database_url) as conn:
+                known = existing_repo_ids(conn, valid)
+            unknown = [i for i in valid if i not in known]
+            report.unknown += len(unknown)
+            report.unknown_sample.extend(unknown[: max(0, 10 - len(report.unknown_sample))])
+            sender.send([i for i in valid if i in known])
+            bar.update(len(chunk))
+    report.elapsed_s = time.monotonic() - started
+    log.info("enqueued", selection="ids", repos=report.sent, batches=report.batches, unknown=report.unknown,
+             invalid=len(report.invalid), duplicates=report.duplicates)
+    return report
+
+
+def sweep_stuck(settings: Settings, older_than_s: float | None = None) -> int:
+    """Re-enqueue repos queued longer than the bound without a result (messages lost in Redis)."""
+    older_than = settings.sweep_older_than_s if older_than_s is None else older_than_s
+    sender = Sender(settings)
+    swept = 0
+    while True:
+        with transaction(settings.database_url) as conn:
+            ids = claim_stuck_jobs(conn, older_than, PAGE_SIZE)
+        if not ids:
+            break
+        sender.send(ids, reset_attempts=False)
+        swept += len(ids)
+        if len(ids) < PAGE_SIZE:
+            break
+    if swept:
+        log.warning("swept", repos=swept, older_than_s=older_than)
+    return swept

@@ -1,0 +1,66 @@
+"""A deterministic, dependency-free, instant tagger: tag names and our own synonyms found in the README.
+
+A weak but real tagger: the baseline every LLM configuration must beat, and the backend that fault
+tests and pipeline benchmarks use because it costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from tagger.backends import Generation
+from tagger.prompt import Prompt
+
+KEYWORDS_FILE = Path(__file__).resolve().parent.parent / "data" / "keywords.json"
+TAGS_FILE = KEYWORDS_FILE.with_name("tags.json")
+MAX_TAGS = 3
+
+
+@lru_cache(maxsize=1)
+def _phrases_by_tag() -> dict[str, tuple[str, ...]]:
+    """Tag name → phrases that suggest it (the name itself, spelled a few ways, and synonyms)."""
+    names = {str(e["id"]): " ".join(e["name"].split()).lower() for e in json.loads(TAGS_FILE.read_text())}
+    synonyms: dict[str, list[str]] = json.loads(KEYWORDS_FILE.read_text()) if KEYWORDS_FILE.exists() else {}
+    phrases: dict[str, tuple[str, ...]] = {}
+    for tag_id, name in names.items():
+        spelled = {name, name.replace("-", " "), name.replace("-", "")}
+        phrases[name] = tuple(sorted(spelled | {s.lower() for s in synonyms.get(tag_id, [])}))
+    return phrases
+
+
+@lru_cache(maxsize=64)
+def _matcher(choices: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
+    """One alternation over every phrase of every allowed tag, longest first; phrase → tag name."""
+    owner: dict[str, str] = {}
+    for name in choices:
+        for phrase in _phrases_by_tag().get(name, (name,)):
+            owner.setdefault(phrase, name)
+    alternation = "|".join(re.escape(p) for p in sorted(owner, key=len, reverse=True))
+    return re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])"), owner
+
+
+class KeywordTagger:
+    name = "keyword"
+    model = "keyword-v1"
+
+    def generate(self, prompts: Sequence[Prompt]) -> list[Generation | Exception]:
+        return [Generation(json.dumps({"tags": self.tag_text(p.readme, p.choices)})) for p in prompts]
+
+    @staticmethod
+    def tag_text(text: str, choices: tuple[str, ...]) -> list[str]:
+        pattern, owner = _matcher(choices)
+        lowered = text.lower()
+        scores: Counter[str] = Counter()
+        length = max(len(lowered), 1)
+        for match in pattern.finditer(lowered):
+            # Mentions near the top (title, tagline) say more about what a repo is than later ones.
+            scores[owner[match.group(0)]] += 1.0 + 2.0 * (1.0 - match.start() / length)
+        return [name for name, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_TAGS]]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,94 @@
+"""The tagging core shared by every backend: README → prompt → model → validated tags."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from tagger.answer import parse_answer
+from tagger.backends import Generation, Tagger
+from tagger.errors import BackendOutOfMemory, BackendUnavailable, TaggerError, UnusableReadme
+from tagger.prompt import Prompt, PromptBuilder
+from tagger.readme import prepare_readme
+from tagger.taxonomy import Tag, Taxonomy
+from tagger.timeouts import call_with_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Tagged:
+    tags: list[Tag]
+    raw: str
+    latency_ms: float  # the backend call's wall time, shared evenly across the batch
+    prompt_tokens: int
+    evaluated_tokens: int
+
+
+class TaggingEngine:
+    """Tags a batch of READMEs with one backend call; failures are returned per README, never raised
+    for the batch, except those that concern the whole call (the backend timed out, say)."""
+
+    def __init__(
+        self,
+        tagger: Tagger,
+        taxonomy: Taxonomy,
+        *,
+        readme_token_budget: int = 512,
+        timeout_s: float = 0,
+        with_descriptions: bool = True,
+    ) -> None:
+        self.tagger = tagger
+        self.taxonomy = taxonomy
+        self.prompts = PromptBuilder(taxonomy, with_descriptions=with_descriptions)
+        self.budget = readme_token_budget
+        self.timeout_s = timeout_s
+
+    @property
+    def prompt_version(self) -> str:
+        return self.prompts.version
+
+    def build_prompt(self, readme: str) -> Prompt:
+        text = prepare_readme(readme, self.budget)
+        if not text:
+            raise UnusableReadme("README is empty after cleaning")
+        return self.prompts.build(text)
+
+    def tag(self, readmes: Sequence[str]) -> list[Tagged | TaggerError]:
+        outcomes: list[Tagged | TaggerError | None] = [None] * len(readmes)
+        prompts: list[Prompt] = []
+        positions: list[int] = []
+        for position, readme in enumerate(readmes):
+            try:
+                prompts.append(self.build_prompt(readme))
+                positions.append(position)
+            except TaggerError as exc:
+                outcomes[position] = exc
+        if prompts:
+            started = time.perf_counter()
+            generations = self._generate(prompts)
+            latency_ms = (time.perf_counter() - started) * 1000 / len(prompts)
+            for position, generation in zip(positions, generations, strict=True):
+                outcomes[position] = self._validate(generation, latency_ms)
+        return cast(list[Tagged | TaggerError], outcomes)  # every position was filled above
+
+    def _generate(self, prompts: Sequence[Prompt]) -> list[Generation | Exception]:
+        try:
+            return call_with_timeout(self.timeout_s, self.tagger.generate, prompts)
+        except BackendOutOfMemory:
+            if len(prompts) == 1:
+                raise
+            # Halves fit where the whole did not; a single README that does not fit is retried later.
+            middle = len(prompts) // 2
+            return self._generate(prompts[:middle]) + self._generate(prompts[middle:])
+
+    def _validate(self, generation: Generation | Exception, latency_ms: float) -> Tagged | TaggerError:
+        if isinstance(generation, TaggerError):
+            return generation
+        if isinstance(generation, Exception):
+            return BackendUnavailable(f"{type(generation).__name__}: {generation}")
+        try:
+            tags = parse_answer(generation.text, self.taxonomy)
+        except TaggerError as exc:
+            return exc
+        return Tagged(tags, generation.text, latency_ms, generation.prompt_tokens, generation.evaluated_tokens)

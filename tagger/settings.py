@@ -1,0 +1,67 @@
+"""One typed settings object, fed by ``TAGGER_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendName = Literal["keyword", "llamacpp", "openai", "vllm"]
+
+DEFAULT_TAXONOMY = Path(__file__).parent / "data" / "tags.json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAGGER_", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/tagger",
+        description="SQLAlchemy URL of the index database (PostgreSQL; SQLite for the demo).",
+    )
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis).")
+    queue: str = Field("tagger", description="Name of the Celery queue the workers consume.")
+    backend: BackendName = Field("llamacpp", description="Tagger backend: keyword, llamacpp, openai, vllm.")
+    model: str = Field(
+        "",
+        description="Model for the backend (vllm: HF id, default openbmb/MiniCPM4-8B; llamacpp: GGUF "
+        "path, default the bundled SmolLM2-135M; openai: served model name).",
+    )
+    openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible server.")
+    openai_api_key: str = Field("not-needed", description="API key sent to the OpenAI-compatible server.")
+    taxonomy_file: Path = Field(DEFAULT_TAXONOMY, description="Taxonomy JSON loaded by `tagger db upgrade`.")
+    batch_size: int = Field(32, ge=1, le=10_000, description="Repo ids per task message.")
+    readme_token_budget: int = Field(512, ge=16, description="README tokens kept (the head) in each prompt.")
+    max_new_tokens: int = Field(48, ge=8, description="Token limit of the model's answer.")
+    context_tokens: int = Field(4096, ge=512, description="Context window the llamacpp backend allocates.")
+    backend_timeout_s: float = Field(600.0, gt=0, description="Wall-clock limit of one backend call.")
+    max_attempts: int = Field(5, ge=1, description="Attempts before a failing repo is dead-lettered.")
+    retry_base_s: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt, with jitter.")
+    retry_max_s: float = Field(300.0, ge=0, description="Cap on one retry delay.")
+    visibility_timeout_s: int = Field(
+        7200, ge=60, description="Redis visibility timeout; must stay well above the longest batch."
+    )
+    queue_high_water: int = Field(200, ge=1, description="Producer pauses while the queue holds more batches.")
+    sweep_older_than_s: int = Field(900, ge=1, description="Sweeper re-enqueues repos queued longer than this.")
+    sweep_interval_s: int = Field(300, ge=1, description="Beat: seconds between sweeps.")
+    refresh_interval_s: int = Field(3600, ge=1, description="Beat: seconds between stale refreshes.")
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="Log lines: json, console, or auto.")
+    log_level: str = Field("INFO", description="Log level.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def env_help() -> str:
+    """The ``TAGGER_*`` variables with their defaults, for ``--help``."""
+    lines = ["\b", "Settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            default = default.name if default == DEFAULT_TAXONOMY else str(default)
+        lines.append(f"  TAGGER_{name.upper():<24} {field.description} [default: {default!r}]")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""The Celery app: JSON only, late acks, one message at a time per worker process."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from tagger.settings import Settings, get_settings
+
+TAG_BATCH = "tagger.tag_batch"
+SWEEP = "tagger.sweep"
+REFRESH = "tagger.refresh_stale"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("repo_tagger", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        # A message is acknowledged only once its results are in Postgres; a worker killed mid-batch
+        # leaves it to be redelivered (and the sweeper covers messages Redis itself loses).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue,
+        task_routes={TAG_BATCH: {"queue": settings.queue}},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        enable_utc=True,
+        beat_schedule={
+            "sweep": {"task": SWEEP, "schedule": float(settings.sweep_interval_s)},
+            "refresh-stale": {"task": REFRESH, "schedule": float(settings.refresh_interval_s)},
+        },
+    )
+    return app
+
+
+app = create_app()

@@ -1,0 +1,77 @@
+"""What a worker process holds for its whole life: settings, the loaded model, the taxonomy."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import structlog
+
+from db.engine import transaction
+from db.queries import current_taxonomy_version, load_taxonomy
+from tagger.backends import Tagger, create_tagger
+from tagger.engine import TaggingEngine
+from tagger.errors import ConfigError
+from tagger.settings import Settings, get_settings
+
+log = structlog.get_logger("tagger.worker")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    tagger: Tagger
+    engine: TaggingEngine
+    taxonomy_version: int
+
+    @classmethod
+    def start(cls, settings: Settings, tagger: Tagger | None = None) -> Runtime:
+        with transaction(settings.database_url) as conn:
+            version = current_taxonomy_version(conn)
+            if version is None:
+                raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
+            taxonomy = load_taxonomy(conn)
+        tagger = tagger or create_tagger(settings)
+        engine = TaggingEngine(
+            tagger,
+            taxonomy,
+            readme_token_budget=settings.readme_token_budget,
+            timeout_s=settings.backend_timeout_s,
+        )
+        log.info(
+            "worker_model_loaded", backend=tagger.name, model=tagger.model, taxonomy_version=version,
+            prompt_version=engine.prompt_version,
+        )
+        return cls(settings, tagger, engine, version)
+
+    @property
+    def configuration(self) -> dict[str, object]:
+        """What a result records and `tagger enqueue --stale` compares against."""
+        return {
+            "backend": self.tagger.name,
+            "model": self.tagger.model,
+            "prompt_version": self.engine.prompt_version,
+            "taxonomy_version": self.taxonomy_version,
+        }
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, loading the model on first use (the startup hook calls this early)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime.start(get_settings())
+        return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a runtime built elsewhere (the embedded demo, benchmarks)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None and _runtime is not runtime:
+            _runtime.tagger.close()
+        _runtime = runtime
