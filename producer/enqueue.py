@@ -27,6 +27,7 @@ from tagger.errors import BrokerUnavailable, InputError
 from tagger.ids import validate_repo_id
 from tagger.prompt import PromptBuilder
 from tagger.settings import Settings
+from workers.app import TAG_BATCH, app_for
 
 log = structlog.get_logger("tagger.producer")
 
@@ -83,10 +84,8 @@ class Sender:
     """Sends batches over one broker connection, pausing while the queue is above its high-water mark."""
 
     def __init__(self, settings: Settings, on_pause: Callable[[int], None] | None = None) -> None:
-        from workers.tasks import tag_batch
-
         self.settings = settings
-        self.task = tag_batch
+        self.app = app_for(settings.broker_url, settings.queue)
         self.on_pause = on_pause
         self.report = EnqueueReport()
         self._since_check = 0
@@ -116,7 +115,8 @@ class Sender:
             with transaction(self.settings.database_url) as conn:
                 mark_queued(conn, batch, reset_attempts=reset_attempts)
             try:
-                self.task.apply_async((batch,), retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
+                self.app.send_task(TAG_BATCH, (batch,), queue=self.settings.queue, retry=True,
+                                   retry_policy={"max_retries": 3, "interval_start": 0.5})
             except KombuOperationalError as exc:
                 raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
             self.report.sent += len(batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 
 from tagger.settings import Settings, get_settings
@@ -39,6 +41,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         },
     )
     return app
+
+
+@lru_cache(maxsize=8)
+def app_for(broker_url: str, queue: str) -> Celery:
+    """An app for sending to ``broker_url`` (producers, which may be configured apart from the env)."""
+    return create_app(get_settings().model_copy(update={"broker_url": broker_url, "queue": queue}))
 
 
 app = create_app()

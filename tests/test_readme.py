@@ -1,0 +1,58 @@
+from tagger.readme import clean_readme, estimate_tokens, prepare_readme, truncate_head
+
+
+def test_cleaning_removes_html_badges_images_and_link_targets():
+    raw = """<p align="center"><img src="logo.png" width="200"></p>
+<h1>Fastlog</h1>
+[![build](https://img.shields.io/badge/build-passing-green.svg)](https://ci.example.com)
+![screenshot](docs/shot.png)
+A [log search](https://example.com/docs) tool &amp; library.   Lots    of   spaces.
+<!-- a hidden comment -->
+[ref]: https://example.com/ref
+"""
+    text = clean_readme(raw)
+    assert "Fastlog" in text
+    assert "A log search tool & library. Lots of spaces." in text
+    for gone in ("<img", "<p", "shields.io", "screenshot", "docs/shot.png", "https://", "hidden comment", "[ref]"):
+        assert gone not in text
+
+
+def test_long_code_blocks_keep_their_head_and_short_ones_stay_whole():
+    long_block = "```python\n" + "\n".join(f"line_{i} = {i}" for i in range(50)) + "\n```\nAfter the code."
+    text = clean_readme("Intro.\n" + long_block)
+    assert "line_0 = 0" in text and "line_5 = 5" in text
+    assert "line_6 = 6" not in text and "line_49" not in text
+    assert text.endswith("After the code.")
+    assert "pip install fastlog" in clean_readme("```\npip install fastlog\n```")
+
+
+def test_whitespace_is_collapsed():
+    assert clean_readme("a\r\n\r\n\r\n\r\nb\t\t c\x00") == "a\n\nb c"
+
+
+def test_truncation_keeps_the_head_within_budget():
+    text = " ".join(f"word{i}" for i in range(5000))
+    head = truncate_head(text, 100)
+    assert text.startswith(head)
+    assert estimate_tokens(head) <= 100
+    assert estimate_tokens(head) > 80  # the budget is used, not wasted
+    assert truncate_head("short text", 100) == "short text"
+
+
+def test_cjk_counts_one_token_per_character():
+    assert estimate_tokens("模型" * 50) == 100
+    head = truncate_head("模型" * 500, 64)
+    assert 56 <= len(head) <= 64
+
+
+def test_huge_readme_is_prepared_from_its_head_only():
+    huge = "# Title\nUseful intro.\n" + ("x " * 5_000_000)
+    prepared = prepare_readme(huge, 64)
+    assert prepared.startswith("# Title\nUseful intro.")
+    assert estimate_tokens(prepared) <= 64
+
+
+def test_empty_and_whitespace_readmes_clean_to_nothing():
+    assert prepare_readme("", 64) == ""
+    assert prepare_readme(" \n\t \n", 64) == ""
+    assert prepare_readme('<p align="center"><img src="x.png"></p>', 64) == ""
