@@ -6,10 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendName = Literal["keyword", "llamacpp", "openai", "vllm"]
+BACKENDS = ("keyword", "llamacpp", "openai", "vllm")
 
 DEFAULT_TAXONOMY = Path(__file__).parent / "data" / "tags.json"
 
@@ -23,7 +23,10 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis).")
     queue: str = Field("tagger", description="Name of the Celery queue the workers consume.")
-    backend: BackendName = Field("llamacpp", description="Tagger backend: keyword, llamacpp, openai, vllm.")
+    backend: str = Field(
+        "llamacpp",
+        description="Tagger backend: keyword, llamacpp, openai, vllm, or 'package.module:factory' for your own.",
+    )
     model: str = Field(
         "",
         description="Model for the backend (vllm: HF id, default openbmb/MiniCPM4-8B; llamacpp: GGUF "
@@ -49,6 +52,13 @@ class Settings(BaseSettings):
     refresh_interval_s: int = Field(3600, ge=1, description="Beat: seconds between stale refreshes.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="Log lines: json, console, or auto.")
     log_level: str = Field("INFO", description="Log level.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS and ":" not in value:
+            raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)} or 'module:factory'")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ a backend only runs the model. Heavy imports (vllm, llama_cpp) happen inside ``c
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -69,4 +70,17 @@ def create_tagger(settings: Settings) -> Tagger:
             from tagger.backends.vllm import VLLMTagger
 
             return VLLMTagger.from_settings(settings)
-    raise ConfigError(f"unknown backend {settings.backend!r}")
+    return _plugin(settings)
+
+
+def _plugin(settings: Settings) -> Tagger:
+    """A backend of your own: ``package.module:factory``, where ``factory(settings)`` returns a Tagger."""
+    module_name, _, attribute = settings.backend.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load backend {settings.backend!r}: {exc}") from exc
+    tagger = factory(settings)
+    if not isinstance(tagger, Tagger):
+        raise ConfigError(f"backend {settings.backend!r} did not return a Tagger")
+    return tagger
