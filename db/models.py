@@ -106,9 +106,10 @@ class DeadLetter(Base):
 
 
 metadata = Base.metadata
-tags = TagRow.__table__
-taxonomy_versions = TaxonomyVersion.__table__
-repos = Repo.__table__
-results = Result.__table__
-jobs = Job.__table__
-dead_letters = DeadLetter.__table__
+# Core tables, for the SQL in db/queries.py.
+tags = metadata.tables["tags"]
+taxonomy_versions = metadata.tables["taxonomy_versions"]
+repos = metadata.tables["repos"]
+results = metadata.tables["results"]
+jobs = metadata.tables["jobs"]
+dead_letters = metadata.tables["dead_letters"]

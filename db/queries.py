@@ -62,7 +62,7 @@ def current_taxonomy_version(conn: Connection) -> int | None:
 
 def load_taxonomy(conn: Connection) -> Taxonomy:
     rows = conn.execute(sa.select(tags.c.id, tags.c.name, tags.c.description)).mappings()
-    return Taxonomy.from_entries(rows)
+    return Taxonomy.from_entries(dict(row) for row in rows)
 
 
 # --- repos ------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def page_repo_ids(
         query = query.where(repos.c.id > after)
     if selection in ("untagged", "stale"):
         query = query.outerjoin(results, results.c.repo_id == repos.c.id)
-        needs_work = results.c.repo_id.is_(None)
+        needs_work: sa.ColumnElement[bool] = results.c.repo_id.is_(None)
         if selection == "stale":
             if current is None:
                 raise ValueError("stale selection needs the current configuration")
@@ -308,7 +308,7 @@ def status_counts(conn: Connection) -> dict[str, int]:
         "tagged": conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one(),
         "dead": conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one(),
     }
-    by_state = dict(conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all())
+    by_state: dict[str, int] = dict(conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all())
     counts["pending"] = int(by_state.get("queued", 0))
     counts["failed"] = int(by_state.get("failed", 0))
     counts["done"] = int(by_state.get("done", 0))

@@ -204,7 +204,7 @@ def test_answers_stay_in_order_and_in_each_prompts_shortlist(
         names = _answer_names(generation)
         assert set(names) <= set(shortlist), (names, shortlist)
         if tagger.name == "keyword":
-            assert names[:1] == [shortlist[0]]  # each README names its obvious tag
+            assert shortlist[0] in names  # each README names its obvious tag
         else:
             assert names
         assert {t.name for t in parse_answer(generation.text, taxonomy)} <= set(shortlist)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -52,15 +52,15 @@ class KeywordTagger:
         return [Generation(json.dumps({"tags": self.tag_text(p.readme, p.choices)})) for p in prompts]
 
     @staticmethod
-    def tag_text(text: str, choices: tuple[str, ...]) -> list[str]:
+    def tag_text(text: str, choices: tuple[str, ...], limit: int = MAX_TAGS) -> list[str]:
         pattern, owner = _matcher(choices)
         lowered = text.lower()
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = defaultdict(float)
         length = max(len(lowered), 1)
         for match in pattern.finditer(lowered):
             # Mentions near the top (title, tagline) say more about what a repo is than later ones.
             scores[owner[match.group(0)]] += 1.0 + 2.0 * (1.0 - match.start() / length)
-        return [name for name, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_TAGS]]
+        return [name for name, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
 
     def close(self) -> None:
         pass

@@ -39,7 +39,9 @@ def dlq_list(as_json: bool, limit: int | None) -> None:
         return
     for r in rows:
         message = str(r["message"]).replace("\n", " ")[:80]
-        click.echo(f"{r['repo_id']!s:<24} {r['error_class']!s:<20} attempts={r['attempts']} {r['last_failed_at']}  {message}")
+        click.echo(
+            f"{r['repo_id']!s:<24} {r['error_class']!s:<20} attempts={r['attempts']} {r['last_failed_at']}  {message}"
+        )
 
 
 @dlq.command("show")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from db.engine import transaction
-from db.queries import iter_results, load_taxonomy, replace_taxonomy, status_counts, tag_rate
+from db.queries import Selection, iter_results, load_taxonomy, replace_taxonomy, status_counts, tag_rate
 from producer.enqueue import EnqueueReport, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
 from producer.queue import queue_depth
@@ -107,7 +107,7 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
     elif ids_file is not None:
         report = enqueue_ids(settings, _read_ids_file(ids_file), progress=True)
     else:
-        selection = "all" if all_ else "untagged" if untagged else "stale"
+        selection: Selection = "all" if all_ else "untagged" if untagged else "stale"
         report = enqueue_selection(settings, selection, progress=True)
     for message in report.invalid[:50]:
         click.echo(f"error: {message}", err=True)
