@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -18,9 +19,20 @@ import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 from tqdm import tqdm
 
-from db.engine import transaction
+from db.engine import get_engine, transaction, translate_errors
 from db.models import repos
-from db.queries import Selection, claim_stuck_jobs, current_taxonomy_version, existing_repo_ids, load_taxonomy, mark_queued, page_repo_ids
+from db.queries import (
+    Selection,
+    advisory_lock,
+    advisory_unlock,
+    claim_stuck_jobs,
+    current_taxonomy_version,
+    existing_repo_ids,
+    load_taxonomy,
+    mark_queued,
+    page_repo_ids,
+    try_advisory_lock,
+)
 from producer.queue import queue_depth
 from tagger.backends import configured_model
 from tagger.errors import BrokerUnavailable, InputError
@@ -33,6 +45,10 @@ log = structlog.get_logger("tagger.producer")
 
 PAGE_SIZE = 5000
 BACKPRESSURE_POLL_S = 0.5
+# PostgreSQL advisory lock keys: one selection run (stale refresh, untagged) and one sweep at a time,
+# whoever starts them (beat, a person, a second beat started by mistake).
+SELECTION_LOCK = 0x7461_6767_6572_0001
+SWEEP_LOCK = 0x7461_6767_6572_0002
 
 
 @dataclass
@@ -45,6 +61,27 @@ class EnqueueReport:
     duplicates: int = 0
     paused_s: float = 0.0
     elapsed_s: float = 0.0
+    skipped: bool = False  # another run held the lock (wait=False)
+
+
+@contextmanager
+def exclusive(database_url: str, key: int, *, wait: bool) -> Iterator[bool]:
+    """Hold PostgreSQL advisory lock ``key`` for the block; yields False (without waiting) when another
+    session holds it and ``wait`` is False. A session-level lock on its own connection, so it spans the
+    many short transactions of a run; it dies with the connection if this process does."""
+    with translate_errors(), get_engine(database_url).connect() as conn:
+        held = try_advisory_lock(conn, key)
+        if not held and wait:
+            log.info("waiting_for_lock", key=key)
+            advisory_lock(conn, key)
+            held = True
+        conn.commit()
+        try:
+            yield held
+        finally:
+            if held:
+                advisory_unlock(conn, key)
+                conn.commit()
 
 
 def current_configuration(settings: Settings) -> dict[str, object]:
@@ -88,25 +125,34 @@ class Sender:
         self.app = app_for(settings.broker_url, settings.queue)
         self.on_pause = on_pause
         self.report = EnqueueReport()
-        self._since_check = 0
+        self._since_check: int | None = None  # None: check before the first message
+
+    @property
+    def check_every(self) -> int:
+        """Messages sent between two depth checks. Checking each one costs a round trip; a quarter of
+        the mark keeps the bound tight: one producer never leaves more than ``high_water - 1 +
+        check_every`` batches waiting."""
+        return max(1, self.settings.queue_high_water // 4)
 
     def _wait_for_room(self) -> None:
         high = self.settings.queue_high_water
-        # Checking every message costs a round trip; a quarter of the mark keeps the bound tight.
-        self._since_check += 1
-        if self._since_check < max(1, high // 4):
+        if self._since_check is not None and self._since_check < self.check_every:
+            self._since_check += 1
             return
-        self._since_check = 0
+        self._since_check = 1  # this message is the first of the next interval
         depth = queue_depth(self.settings.broker_url, self.settings.queue)
         if depth < high:
             return
         started = time.monotonic()
+        log.info("enqueue_paused", queue_depth=depth, high_water=high)
         if self.on_pause:
             self.on_pause(depth)
-        while depth >= high // 2:  # resume at half the mark so we don't flap around it
+        resume = max(1, high // 2)  # resume at half the mark so we don't flap around it
+        while depth >= resume:
             time.sleep(BACKPRESSURE_POLL_S)
             depth = queue_depth(self.settings.broker_url, self.settings.queue)
         self.report.paused_s += time.monotonic() - started
+        log.info("enqueue_resumed", queue_depth=depth, paused_s=round(time.monotonic() - started, 2))
 
     def send(self, ids: Sequence[str], *, reset_attempts: bool = True) -> None:
         for start in range(0, len(ids), self.settings.batch_size):
@@ -129,7 +175,22 @@ def _progress(total: int | None, enabled: bool) -> tqdm:
                 desc="enqueue")
 
 
-def enqueue_selection(settings: Settings, selection: Selection, *, progress: bool = False) -> EnqueueReport:
+def enqueue_selection(
+    settings: Settings, selection: Selection, *, progress: bool = False, wait: bool = True
+) -> EnqueueReport:
+    """Enqueue every repo in ``selection``. Runs of 'stale' and 'untagged' are serialized by an advisory
+    lock, so two of them (two beats, beat and a person) never send the same repo twice; with
+    ``wait=False`` a run that finds the lock taken does nothing (``report.skipped``)."""
+    if selection == "all":
+        return _enqueue_selection(settings, selection, progress)
+    with exclusive(settings.database_url, SELECTION_LOCK, wait=wait) as held:
+        if not held:
+            log.info("enqueue_skipped", selection=selection, reason="another run holds the lock")
+            return EnqueueReport(skipped=True)
+        return _enqueue_selection(settings, selection, progress)
+
+
+def _enqueue_selection(settings: Settings, selection: Selection, progress: bool) -> EnqueueReport:
     started = time.monotonic()
     total = count_selection(settings, selection) if progress else None
     sender = Sender(settings)
@@ -181,8 +242,19 @@ def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool
     return report
 
 
-def sweep_stuck(settings: Settings, older_than_s: float | None = None) -> int:
-    """Re-enqueue repos queued longer than the bound without a result (messages lost in Redis)."""
+def sweep_stuck(settings: Settings, older_than_s: float | None = None, *, wait: bool = True) -> int:
+    """Re-enqueue repos queued longer than the bound without a result (messages lost in Redis).
+
+    claim_stuck_jobs already keeps two sweeps from claiming the same repo; the lock keeps a second one
+    from even starting while the first waits on backpressure."""
+    with exclusive(settings.database_url, SWEEP_LOCK, wait=wait) as held:
+        if not held:
+            log.info("sweep_skipped", reason="another sweep holds the lock")
+            return 0
+        return _sweep_stuck(settings, older_than_s)
+
+
+def _sweep_stuck(settings: Settings, older_than_s: float | None) -> int:
     older_than = settings.sweep_older_than_s if older_than_s is None else older_than_s
     sender = Sender(settings)
     swept = 0

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BACKENDS = ("keyword", "llamacpp", "openai", "vllm")
+BACKENDS = ("keyword", "llamacpp", "openai", "vllm", "embedding")
 
 DEFAULT_TAXONOMY = Path(__file__).parent / "data" / "tags.json"
 
@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     queue: str = Field("tagger", description="Name of the Celery queue the workers consume.")
     backend: str = Field(
         "llamacpp",
-        description="Tagger backend: keyword, llamacpp, openai, vllm, or 'package.module:factory' for your own.",
+        description="Tagger backend: keyword, llamacpp, openai, vllm, embedding, or 'package.module:factory' for "
+        "your own.",
     )
     model: str = Field(
         "",
@@ -35,21 +36,41 @@ class Settings(BaseSettings):
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible server.")
     openai_api_key: str = Field("not-needed", description="API key sent to the OpenAI-compatible server.")
     taxonomy_file: Path = Field(DEFAULT_TAXONOMY, description="Taxonomy JSON loaded by `tagger db upgrade`.")
-    batch_size: int = Field(32, ge=1, le=10_000, description="Repo ids per task message.")
+    batch_size: int = Field(128, ge=1, le=10_000, description="Repo ids per task message (see BENCHMARKS.md).")
     readme_token_budget: int = Field(512, ge=16, description="README tokens kept (the head) in each prompt.")
+    prompt_descriptions: bool = Field(True, description="List each tag's one-line description in the prompt.")
+    # keyword: the best configuration measured for the bundled SmolLM2 (docs/quality.md), and free.
+    shortlist: Literal["none", "keyword", "embedding", "hybrid"] = Field(
+        "keyword", description="Restrict each answer to the README's likeliest tags first: none, keyword, embedding "
+        "(MiniLM; the 'embeddings' extra) or hybrid (keyword hits, then embedding)."
+    )
+    shortlist_k: int = Field(8, ge=1, le=1000, description="Candidate tags kept by the shortlist.")
+    embedding_model: str = Field(
+        "", description="sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."
+    )
     max_new_tokens: int = Field(48, ge=8, description="Token limit of the model's answer.")
     context_tokens: int = Field(4096, ge=512, description="Context window the llamacpp backend allocates.")
+    llamacpp_threads: int = Field(
+        0, ge=0, description="CPU threads of the llamacpp backend (0: one per core; lower it when workers share cores)."
+    )
     backend_timeout_s: float = Field(600.0, gt=0, description="Wall-clock limit of one backend call.")
     max_attempts: int = Field(5, ge=1, description="Attempts before a failing repo is dead-lettered.")
     retry_base_s: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt, with jitter.")
     retry_max_s: float = Field(300.0, ge=0, description="Cap on one retry delay.")
+    # ge=1, not 60: the fault tests need a redelivery within seconds; production keeps the default.
     visibility_timeout_s: int = Field(
-        7200, ge=60, description="Redis visibility timeout; must stay well above the longest batch."
+        7200, ge=1, description="Redis visibility timeout; must stay well above the longest batch."
     )
     queue_high_water: int = Field(200, ge=1, description="Producer pauses while the queue holds more batches.")
     sweep_older_than_s: int = Field(900, ge=1, description="Sweeper re-enqueues repos queued longer than this.")
     sweep_interval_s: int = Field(300, ge=1, description="Beat: seconds between sweeps.")
     refresh_interval_s: int = Field(3600, ge=1, description="Beat: seconds between stale refreshes.")
+    beat_lock_ttl_s: int = Field(
+        30, ge=2, description="Beat: the leader lock lapses this long after its holder stops renewing it; a "
+        "standby `tagger beat` takes over then."
+    )
+    flower_user: str = Field("", description="`tagger flower`: basic-auth user (required unless --local-only).")
+    flower_password: str = Field("", description="`tagger flower`: basic-auth password.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="Log lines: json, console, or auto.")
     log_level: str = Field("INFO", description="Log level.")
 

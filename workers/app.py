@@ -13,10 +13,24 @@ SWEEP = "tagger.sweep"
 REFRESH = "tagger.refresh_stale"
 
 
+def maintenance_queue(queue: str) -> str:
+    """Where beat sends the sweep and the stale refresh: a queue of its own, consumed by the `tagger beat`
+    leader, so a refresh that waits on backpressure never holds a GPU worker (which would deadlock it)."""
+    return f"{queue}.maintenance"
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("repo_tagger", broker=settings.broker_url, include=["workers.tasks"])
+    configure(app, settings)
+    return app
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Apply ``settings`` to ``app``; the embedded demo re-points the app at its own URLs with it."""
+    maintenance = maintenance_queue(settings.queue)
     app.conf.update(
+        broker_url=settings.broker_url,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -28,19 +42,27 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
-        task_routes={TAG_BATCH: {"queue": settings.queue}},
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_routes={
+            TAG_BATCH: {"queue": settings.queue},
+            SWEEP: {"queue": maintenance},
+            REFRESH: {"queue": maintenance},
+        },
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s}
+        # kombu's in-process broker (the demo) polls, once a second unless told otherwise.
+        | ({"polling_interval": 0.05} if settings.broker_url.startswith("memory://") else {}),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=False,
         enable_utc=True,
+        # A run that is still waiting when the next one is due is dropped (expires): runs never pile up.
         beat_schedule={
-            "sweep": {"task": SWEEP, "schedule": float(settings.sweep_interval_s)},
-            "refresh-stale": {"task": REFRESH, "schedule": float(settings.refresh_interval_s)},
+            "sweep": {"task": SWEEP, "schedule": float(settings.sweep_interval_s),
+                      "options": {"queue": maintenance, "expires": float(settings.sweep_interval_s)}},
+            "refresh-stale": {"task": REFRESH, "schedule": float(settings.refresh_interval_s),
+                              "options": {"queue": maintenance, "expires": float(settings.refresh_interval_s)}},
         },
     )
-    return app
 
 
 @lru_cache(maxsize=8)

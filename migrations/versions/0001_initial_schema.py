@@ -24,8 +24,8 @@ def upgrade() -> None:
         sa.Column("error_class", sa.Text(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("first_failed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("last_failed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("first_failed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("last_failed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("task_id", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("repo_id", name=op.f("pk_dead_letters")),
     )
@@ -36,8 +36,8 @@ def upgrade() -> None:
         sa.Column("readme", sa.Text(), nullable=False),
         sa.Column("readme_hash", sa.Text(), nullable=False),
         sa.Column("readme_version", sa.Integer(), server_default="1", nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_repos")),
     )
     op.create_table(
@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("content_hash", sa.Text(), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
-        sa.Column("loaded_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("loaded_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("version", name=op.f("pk_taxonomy_versions")),
         sa.UniqueConstraint("content_hash", name=op.f("uq_taxonomy_versions_content_hash")),
     )
@@ -62,8 +62,8 @@ def upgrade() -> None:
         sa.Column("repo_id", sa.Text(), nullable=False),
         sa.Column("state", sa.Text(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("queued_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("task_id", sa.Text(), nullable=True),
         sa.CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name=op.f("ck_jobs_state")),
@@ -87,7 +87,7 @@ def upgrade() -> None:
         sa.Column("readme_version", sa.Integer(), nullable=False),
         sa.Column("raw_output", sa.Text(), nullable=False),
         sa.Column("latency_ms", sa.Float(), nullable=False),
-        sa.Column("tagged_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("tagged_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.ForeignKeyConstraint(["repo_id"], ["repos.id"], name=op.f("fk_results_repo_id_repos"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("repo_id", name=op.f("pk_results")),
     )

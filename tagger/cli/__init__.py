@@ -10,7 +10,7 @@ from tagger.cli.base import cli
 from tagger.errors import ConfigError, InputError, TaggerError
 
 # Importing the modules registers their commands.
-from tagger.cli import dlq, pipeline, worker  # noqa: F401  isort: skip
+from tagger.cli import bench, demo, dlq, ops, pipeline, quality, worker  # noqa: F401  isort: skip
 
 
 def main() -> None:
