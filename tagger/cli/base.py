@@ -23,6 +23,14 @@ def cli() -> None:
       tagger enqueue --all           send repos to the workers
       tagger status                  progress
       tagger export --out tags.jsonl the results, one JSON object per repo
+
+    \b
+    Day to day:
+      tagger enqueue --stale         re-tag only what changed (README, model, prompt, taxonomy)
+      tagger beat                    scheduled stale refresh and sweeper
+      tagger dlq list                repos that kept failing
+      tagger flower / metrics        monitoring
+      tagger demo                    the whole flow on this machine, no services
     """
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
