@@ -18,7 +18,7 @@ import redis
 import sqlalchemy as sa
 
 from db.engine import transaction
-from db.queries import status_counts, upsert_repos
+from db.queries import list_dead_letters, status_counts, upsert_repos
 from producer.queue import queue_depth
 from tests.fault_tools import TcpProxy, assert_every_repo_accounted, log_events, private_redis
 from tests.faulty_backend import fault_marker
@@ -299,9 +299,26 @@ def test_redelivered_batch_leaves_one_result_and_the_newest_readme_wins(settings
     assert [tuple(row) for row in rows] == [("r", 2, True), ("s", 1, True)]
 
 
+def _drain_like_the_task(runtime, batch):
+    """Run batches as workers.tasks.tag_batch does: retries re-sent, split in halves when the whole
+    backend call failed. Returns how many backend calls it took."""
+    from workers.batch import process_batch
+
+    pending, calls = [batch], 0
+    while pending:
+        ids = pending.pop(0)
+        outcome = process_batch(runtime, ids, f"t{calls}")
+        calls += 1
+        retry = outcome.retry_ids
+        middle = (len(retry) + 1) // 2 if outcome.split_retry else len(retry)
+        pending += [group for group in (retry[:middle], retry[middle:]) if group]
+    return calls
+
+
 def test_a_backend_crash_costs_attempts_not_the_message(settings):
     """A whole backend call that raises something unexpected is counted against each repo's attempts
-    (ending in dead letters), instead of failing the message over and over."""
+    (ending in dead letters), instead of failing the message over and over; while several repos share
+    the failure it is not counted, and the batch is retried in halves until each repo fails alone."""
     from tagger.backends.keyword import KeywordTagger
     from workers.batch import process_batch
     from workers.runtime import Runtime
@@ -313,7 +330,29 @@ def test_a_backend_crash_costs_attempts_not_the_message(settings):
     import_repos(settings.database_url, 3)
     runtime = Runtime.start(settings.model_copy(update={"max_attempts": 2}), tagger=Crashing())
     first = process_batch(runtime, ["r00000", "r00001", "r00002"], "t1")
-    assert first.retry_ids == ["r00000", "r00001", "r00002"] and not first.dead
-    second = process_batch(runtime, first.retry_ids, "t2")
-    assert second.dead == ["r00000", "r00001", "r00002"]
+    assert first.retry_ids == ["r00000", "r00001", "r00002"] and first.split_retry and not first.dead
+    _drain_like_the_task(runtime, first.retry_ids)
     assert_every_repo_accounted(settings.database_url, tagged=0, dead=3)
+    with transaction(settings.database_url) as conn:
+        assert {d["attempts"] for d in list_dead_letters(conn)} == {2}  # counted only when alone
+
+
+def test_one_readme_that_breaks_the_whole_call_does_not_cost_its_neighbours(settings):
+    from tagger.backends.keyword import KeywordTagger
+    from workers.runtime import Runtime
+
+    class BrokenByOneReadme(KeywordTagger):
+        def generate(self, prompts):
+            if any("poison" in p.readme for p in prompts):
+                raise RuntimeError("the server fell over")
+            return super().generate(prompts)
+
+    import_repos(settings.database_url, 8)
+    with transaction(settings.database_url) as conn:
+        upsert_repos(conn, [{"id": "r00005", "name": "x/poison", "readme": "A CLI tool. poison"}])
+    runtime = Runtime.start(settings.model_copy(update={"max_attempts": 3}), tagger=BrokenByOneReadme())
+    calls = _drain_like_the_task(runtime, [f"r{i:05d}" for i in range(8)])
+    assert_every_repo_accounted(settings.database_url, tagged=7, dead=1)
+    with transaction(settings.database_url) as conn:
+        assert [(d["repo_id"], d["attempts"]) for d in list_dead_letters(conn)] == [("r00005", 3)]
+    assert calls <= 1 + 2 + 2 + 2 + 3  # log2(8) halvings, then the poisoned repo's own attempts

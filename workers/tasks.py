@@ -66,7 +66,11 @@ def tag_batch(self: Task, repo_ids: list[str]) -> dict[str, int]:
         structlog.contextvars.clear_contextvars()
     if outcome.retry_ids:
         try:
-            tag_batch.apply_async((outcome.retry_ids,), countdown=outcome.retry_delay_s)
+            ids = outcome.retry_ids
+            middle = (len(ids) + 1) // 2 if outcome.split_retry else len(ids)
+            for group in (ids[:middle], ids[middle:]):
+                if group:
+                    tag_batch.apply_async((group,), countdown=outcome.retry_delay_s)
         except Exception as exc:  # their state says 'failed' in Postgres: the sweeper re-sends them
             log.warning("retry_publish_failed", task_id=task_id, repo_ids=outcome.retry_ids[:20], error=str(exc))
     # The bound context is cleared by now: the task's fields are given again.
