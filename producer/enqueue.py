@@ -35,9 +35,9 @@ from db.queries import (
 )
 from producer.queue import queue_depth
 from tagger.backends import configured_model
+from tagger.engine import configured_prompt_version
 from tagger.errors import BrokerUnavailable, InputError
 from tagger.ids import validate_repo_id
-from tagger.prompt import PromptBuilder
 from tagger.settings import Settings
 from workers.app import TAG_BATCH, app_for
 
@@ -92,7 +92,7 @@ def current_configuration(settings: Settings) -> dict[str, object]:
     return {
         "backend": settings.backend,
         "model": configured_model(settings),
-        "prompt_version": PromptBuilder(taxonomy).version,
+        "prompt_version": configured_prompt_version(taxonomy, settings),
         "taxonomy_version": version,
     }
 

@@ -12,6 +12,8 @@ from tagger.backends import Generation, Tagger
 from tagger.errors import BackendOutOfMemory, BackendUnavailable, TaggerError, UnusableReadme
 from tagger.prompt import Prompt, PromptBuilder
 from tagger.readme import prepare_readme
+from tagger.settings import Settings
+from tagger.shortlist import Shortlister, create_shortlister, shortlist_label
 from tagger.taxonomy import Tag, Taxonomy
 from tagger.timeouts import call_with_timeout
 
@@ -23,6 +25,14 @@ class Tagged:
     latency_ms: float  # the backend call's wall time, shared evenly across the batch
     prompt_tokens: int
     evaluated_tokens: int
+
+
+def configured_prompt_version(taxonomy: Taxonomy, settings: Settings) -> str:
+    """The prompt version an engine built from ``settings`` records, without loading any model: the
+    producer compares it with stored results to find stale ones."""
+    version = PromptBuilder(taxonomy, with_descriptions=settings.prompt_descriptions).version
+    label = shortlist_label(settings.shortlist, settings.shortlist_k)
+    return version + (f"+{label}" if label else "")
 
 
 class TaggingEngine:
@@ -37,33 +47,55 @@ class TaggingEngine:
         readme_token_budget: int = 512,
         timeout_s: float = 0,
         with_descriptions: bool = True,
+        shortlister: Shortlister | None = None,
     ) -> None:
         self.tagger = tagger
         self.taxonomy = taxonomy
         self.prompts = PromptBuilder(taxonomy, with_descriptions=with_descriptions)
         self.budget = readme_token_budget
         self.timeout_s = timeout_s
+        self.shortlister = shortlister
+
+    @classmethod
+    def from_settings(cls, tagger: Tagger, taxonomy: Taxonomy, settings: Settings) -> TaggingEngine:
+        """The engine that ``settings`` describe: budget, descriptions, shortlist (its model loads here)."""
+        return cls(
+            tagger,
+            taxonomy,
+            readme_token_budget=settings.readme_token_budget,
+            timeout_s=settings.backend_timeout_s,
+            with_descriptions=settings.prompt_descriptions,
+            shortlister=create_shortlister(
+                settings.shortlist, taxonomy, settings.shortlist_k, settings.embedding_model
+            ),
+        )
 
     @property
     def prompt_version(self) -> str:
-        return self.prompts.version
+        # A shortlist changes the answers as much as a new wording does: results must record it.
+        return self.prompts.version + (f"+{self.shortlister.label}" if self.shortlister else "")
 
     def build_prompt(self, readme: str) -> Prompt:
         text = prepare_readme(readme, self.budget)
         if not text:
             raise UnusableReadme("README is empty after cleaning")
-        return self.prompts.build(text)
+        choices = self.shortlister.shortlist([text])[0] if self.shortlister else None
+        return self.prompts.build(text, choices)
 
     def tag(self, readmes: Sequence[str]) -> list[Tagged | TaggerError]:
         outcomes: list[Tagged | TaggerError | None] = [None] * len(readmes)
-        prompts: list[Prompt] = []
+        texts: list[str] = []
         positions: list[int] = []
         for position, readme in enumerate(readmes):
-            try:
-                prompts.append(self.build_prompt(readme))
+            text = prepare_readme(readme, self.budget)
+            if text:
+                texts.append(text)
                 positions.append(position)
-            except TaggerError as exc:
-                outcomes[position] = exc
+            else:
+                outcomes[position] = UnusableReadme("README is empty after cleaning")
+        # One shortlisting call for the batch: embedding models are far faster on batches.
+        shortlists = self.shortlister.shortlist(texts) if self.shortlister and texts else [None] * len(texts)
+        prompts = [self.prompts.build(text, choices) for text, choices in zip(texts, shortlists, strict=True)]
         if prompts:
             started = time.perf_counter()
             generations = self._generate(prompts)

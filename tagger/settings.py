@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     openai_api_key: str = Field("not-needed", description="API key sent to the OpenAI-compatible server.")
     taxonomy_file: Path = Field(DEFAULT_TAXONOMY, description="Taxonomy JSON loaded by `tagger db upgrade`.")
     batch_size: int = Field(128, ge=1, le=10_000, description="Repo ids per task message (see BENCHMARKS.md).")
-    readme_token_budget: int = Field(512, ge=16, description="README tokens kept (the head) in each prompt.")
+    # 128: the best measured for the bundled SmolLM2 and for the keyword backend (docs/quality.md); a
+    # larger model may read more with profit: measure it with `tagger eval --budget`.
+    readme_token_budget: int = Field(128, ge=16, description="README tokens kept (the head) in each prompt.")
     prompt_descriptions: bool = Field(True, description="List each tag's one-line description in the prompt.")
     # keyword: the best configuration measured for the bundled SmolLM2 (docs/quality.md), and free.
     shortlist: Literal["none", "keyword", "embedding", "hybrid"] = Field(

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tagger.errors import DatabaseUnavailable, BrokerUnavailable, MalformedOutput, PermanentError
+from tagger.errors import BrokerUnavailable, DatabaseUnavailable, MalformedOutput, PermanentError
 
 # Malformed model output already had one repair attempt (tagger.answer); it gets one more model
 # call, then goes to the dead-letter table.

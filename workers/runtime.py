@@ -32,12 +32,7 @@ class Runtime:
                 raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
             taxonomy = load_taxonomy(conn)
         tagger = tagger or create_tagger(settings)
-        engine = TaggingEngine(
-            tagger,
-            taxonomy,
-            readme_token_budget=settings.readme_token_budget,
-            timeout_s=settings.backend_timeout_s,
-        )
+        engine = TaggingEngine.from_settings(tagger, taxonomy, settings)
         log.info(
             "worker_model_loaded", backend=tagger.name, model=tagger.model, taxonomy_version=version,
             prompt_version=engine.prompt_version,

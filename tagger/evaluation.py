@@ -1,0 +1,149 @@
+"""Tag quality against a gold file: the READMEs go through the very engine the workers use, without a
+database or a queue, and the answers are scored per tag (micro-averaged) and per repo."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tagger.engine import Tagged, TaggingEngine
+from tagger.errors import InputError
+from tagger.taxonomy import Taxonomy
+
+TOP_ERRORS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class GoldRow:
+    repo: str
+    readme: str
+    gold: tuple[str, ...]  # taxonomy names, normalised
+    primary: str
+
+
+def _tag_name(taxonomy: Taxonomy, name: object, where: str) -> str:
+    tag = taxonomy.by_name(name) if isinstance(name, str) else None
+    if tag is None:
+        raise InputError(f"{where}: {name!r} is not a tag of the taxonomy")
+    return tag.name
+
+
+def load_gold(path: Path | str, taxonomy: Taxonomy, limit: int | None = None) -> list[GoldRow]:
+    """The rows of a JSON Lines gold file; tag names are matched as the taxonomy matches them
+    (case and surrounding spaces do not matter), and an unknown name is an error, not a silent miss."""
+    rows: list[GoldRow] = []
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; lines are read lazily)
+    except OSError as exc:
+        raise InputError(f"cannot read gold file {path}: {exc}") from exc
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: not JSON: {exc}") from exc
+            if not isinstance(data, dict) or not isinstance(data.get("readme"), str):
+                raise InputError(f"{where}: expected an object with a 'readme' string")
+            gold_names = data.get("gold")
+            if not isinstance(gold_names, list) or not gold_names:
+                raise InputError(f"{where}: 'gold' must be a non-empty list of tag names")
+            gold = tuple(dict.fromkeys(_tag_name(taxonomy, g, where) for g in gold_names))
+            primary = _tag_name(taxonomy, data["primary"], where) if data.get("primary") else gold[0]
+            rows.append(GoldRow(str(data.get("repo", number)), data["readme"], gold, primary))
+    return rows
+
+
+def score(
+    rows: Sequence[GoldRow], predictions: Sequence[Sequence[str]], *, errors: int = 0, seconds: float = 0.0
+) -> dict[str, Any]:
+    """Micro precision/recall/F1 over all (repo, tag) pairs, hit rate, primary@3 and the commonest
+    mistakes. A README the engine failed on counts as a repo with no predicted tags."""
+    if len(rows) != len(predictions):
+        raise ValueError(f"{len(rows)} gold rows but {len(predictions)} predictions")
+    true_pos = predicted = relevant = hits = primary_hits = 0
+    missed: Counter[str] = Counter()
+    wrong: Counter[str] = Counter()
+    for row, predicted_names in zip(rows, predictions, strict=True):
+        guess, gold = set(predicted_names), set(row.gold)
+        true_pos += len(guess & gold)
+        predicted += len(guess)
+        relevant += len(gold)
+        hits += bool(guess & gold)
+        primary_hits += row.primary in guess
+        missed.update(gold - guess)
+        wrong.update(guess - gold)
+    n = len(rows)
+    precision = true_pos / predicted if predicted else 0.0
+    recall = true_pos / relevant if relevant else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": n,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "hit_rate": round(hits / n, 4) if n else 0.0,
+        "primary_at_3": round(primary_hits / n, 4) if n else 0.0,
+        "mean_tags": round(predicted / n, 3) if n else 0.0,
+        "errors": errors,
+        "most_missed": _top(missed),
+        "most_wrong": _top(wrong),
+        "seconds": round(seconds, 3),
+        "repos_per_s": round(n / seconds, 3) if seconds > 0 else None,
+    }
+
+
+def _top(counts: Counter[str]) -> list[list[Any]]:
+    return [[name, count] for name, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ERRORS]]
+
+
+def predict(
+    engine: TaggingEngine,
+    readmes: Sequence[str],
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[list[str]], list[str], float]:
+    """Tag names per README (empty where the engine failed), the failures' descriptions, and the
+    seconds spent tagging (shortlisting included, model loading not)."""
+    predictions: list[list[str]] = []
+    failures: list[str] = []
+    started = time.perf_counter()
+    for start in range(0, len(readmes), batch_size):
+        batch = readmes[start : start + batch_size]
+        for outcome in engine.tag(batch):
+            if isinstance(outcome, Tagged):
+                predictions.append([t.name for t in outcome.tags])
+            else:
+                predictions.append([])
+                failures.append(f"{type(outcome).__name__}: {outcome}")
+        if progress:
+            progress(len(batch))
+    return predictions, failures, time.perf_counter() - started
+
+
+def format_report(report: dict[str, Any]) -> Iterable[str]:
+    """The human-readable report of ``tagger eval``."""
+    config = report.get("config", {})
+    if config:
+        yield "  ".join(f"{k}={v}" for k, v in config.items())
+    yield f"repos              {report['n']}  (errors: {report['errors']})"
+    yield f"precision (micro)  {report['precision']:.3f}"
+    yield f"recall (micro)     {report['recall']:.3f}"
+    yield f"F1 (micro)         {report['f1']:.3f}"
+    yield f"hit rate           {report['hit_rate']:.3f}   (at least one gold tag predicted)"
+    yield f"primary@3          {report['primary_at_3']:.3f}   (the primary tag among the predictions)"
+    yield f"mean tags/repo     {report['mean_tags']:.2f}"
+    speed = report["repos_per_s"]
+    yield f"repos/s            {speed:.2f}" if speed is not None else "repos/s            n/a"
+    yield "most missed        " + (", ".join(f"{n} ({c})" for n, c in report["most_missed"]) or "-")
+    yield "most wrong         " + (", ".join(f"{n} ({c})" for n, c in report["most_wrong"]) or "-")
