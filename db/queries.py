@@ -6,16 +6,17 @@ take row locks in the same order and cannot deadlock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import dead_letters, jobs, repos, results, tags, taxonomy_versions
+from db.models import JOB_STATES, dead_letters, jobs, repos, results, tags, taxonomy_versions
 from tagger.readme import readme_hash
 from tagger.taxonomy import Taxonomy
 
@@ -153,6 +154,16 @@ def page_repo_ids(
                 results.c.prompt_version != current["prompt_version"],
                 results.c.taxonomy_version != current["taxonomy_version"],
             )
+            # Not what is in flight (queued, or failed awaiting its retry: the sweeper re-sends those
+            # whose message got lost) nor dead letters (`tagger dlq requeue`), unless the README
+            # changed since: a scheduled refresh never re-sends what is already on its way.
+            query = query.outerjoin(jobs, jobs.c.repo_id == repos.c.id)
+            settled = sa.or_(
+                jobs.c.repo_id.is_(None),
+                jobs.c.state == "done",
+                sa.and_(jobs.c.state == "dead", repos.c.updated_at > jobs.c.updated_at),
+            )
+            needs_work = sa.and_(needs_work, settled)
         query = query.where(needs_work)
     return list(conn.execute(query).scalars())
 
@@ -164,14 +175,20 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Store results; a result never replaces one computed from a newer README."""
     if not rows:
         return
-    stmt = _insert(conn, results)
+    conn.execute(_results_upsert(conn.dialect.name), sorted(rows, key=lambda r: r["repo_id"]))
+
+
+# The hot path's statements are built once per dialect: building an upsert (its EXCLUDED alias and
+# column collections) costs more CPU than executing it for a batch of ids.
+@lru_cache(maxsize=8)
+def _results_upsert(dialect: str) -> Any:
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(results)
     excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[results.c.repo_id],
         set_={c.name: excluded[c.name] for c in results.columns if c.name != "repo_id"} | {"tagged_at": sa.func.now()},
         where=results.c.readme_version <= excluded.readme_version,
     )
-    conn.execute(stmt, sorted(rows, key=lambda r: r["repo_id"]))
 
 
 def upsert_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -204,15 +221,19 @@ def mark_done(conn: Connection, ids: Sequence[str], task_id: str | None) -> None
     if not ids:
         return
     now = utcnow()
-    stmt = _insert(conn, jobs)
-    stmt = stmt.on_conflict_do_update(
+    conn.execute(
+        _done_upsert(conn.dialect.name),
+        [{"repo_id": i, "state": "done", "attempts": 0, "queued_at": now, "task_id": task_id} for i in sorted(ids)],
+    )
+
+
+@lru_cache(maxsize=8)
+def _done_upsert(dialect: str) -> Any:
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(jobs)
+    return stmt.on_conflict_do_update(
         index_elements=[jobs.c.repo_id],
         set_={"state": "done", "attempts": 0, "last_error": None, "task_id": stmt.excluded.task_id,
               "updated_at": sa.func.now()},
-    )
-    conn.execute(
-        stmt,
-        [{"repo_id": i, "state": "done", "attempts": 0, "queued_at": now, "task_id": task_id} for i in sorted(ids)],
     )
 
 
@@ -221,12 +242,17 @@ def mark_queued(conn: Connection, ids: Sequence[str], *, reset_attempts: bool = 
     if not ids:
         return
     now = utcnow()
-    stmt = _insert(conn, jobs)
+    conn.execute(_queued_upsert(conn.dialect.name, reset_attempts),
+                 [{"repo_id": i, "state": "queued", "attempts": 0, "queued_at": now} for i in sorted(set(ids))])
+
+
+@lru_cache(maxsize=8)
+def _queued_upsert(dialect: str, reset_attempts: bool) -> Any:
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(jobs)
     set_: dict[str, Any] = {"state": "queued", "queued_at": stmt.excluded.queued_at, "updated_at": sa.func.now()}
     if reset_attempts:
         set_["attempts"] = 0
-    stmt = stmt.on_conflict_do_update(index_elements=[jobs.c.repo_id], set_=set_)
-    conn.execute(stmt, [{"repo_id": i, "state": "queued", "attempts": 0, "queued_at": now} for i in sorted(set(ids))])
+    return stmt.on_conflict_do_update(index_elements=[jobs.c.repo_id], set_=set_)
 
 
 def job_attempts(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
@@ -357,3 +383,62 @@ def dead_letter_ids(conn: Connection) -> list[str]:
 
 def purge_dead_letters(conn: Connection, before: datetime) -> int:
     return conn.execute(sa.delete(dead_letters).where(dead_letters.c.last_failed_at < before)).rowcount
+
+
+def result_totals(conn: Connection) -> tuple[int, float]:
+    """(results, total backend milliseconds recorded in them): the benchmarks' split of worker time."""
+    count, latency = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(results.c.latency_ms), 0.0))
+                                  .select_from(results)).one()
+    return int(count), float(latency)
+
+
+# --- operations: locks and monitoring -------------------------------------------------------------
+
+
+def try_advisory_lock(conn: Connection, key: int) -> bool:
+    """Take the session-level advisory lock ``key`` if free (PostgreSQL; SQLite has one process: True)."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+
+
+def advisory_lock(conn: Connection, key: int) -> None:
+    """Wait for, then take, the session-level advisory lock ``key``."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_lock(key)))
+
+
+def advisory_unlock(conn: Connection, key: int) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+
+
+def job_state_counts(conn: Connection) -> dict[str, int]:
+    """Repos per job state (every state present, zero when none), plus 'untracked': never enqueued."""
+    rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
+    by_state: dict[str, int] = {state: int(n) for state, n in rows}
+    counts = {state: by_state.get(state, 0) for state in JOB_STATES}
+    total = conn.execute(sa.select(sa.func.count()).select_from(repos)).scalar_one()
+    counts["untracked"] = max(0, int(total) - sum(counts.values()))
+    return counts
+
+
+def repo_outcomes(conn: Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Per repo (in id order): name, job state, result (tag_ids, latency_ms) and dead letter, if any."""
+    query = (
+        sa.select(
+            repos.c.id,
+            repos.c.name,
+            jobs.c.state,
+            results.c.tag_ids,
+            results.c.latency_ms,
+            dead_letters.c.error_class,
+            dead_letters.c.message,
+        )
+        .outerjoin(jobs, jobs.c.repo_id == repos.c.id)
+        .outerjoin(results, results.c.repo_id == repos.c.id)
+        .outerjoin(dead_letters, dead_letters.c.repo_id == repos.c.id)
+        .where(repos.c.id.in_(list(ids)))
+        .order_by(repos.c.id)
+    )
+    return [dict(row) for row in conn.execute(query).mappings()]

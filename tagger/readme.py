@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import html
 import re
+from functools import lru_cache
 
 # Code blocks longer than this many lines keep their head only: install snippets are informative,
 # long listings are not, and they cost tokens.
@@ -23,7 +25,7 @@ _MD_REF_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*\S+.*$", re.M)
 _BARE_URL = re.compile(r"https?://\S+")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}.*$", re.M)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SPACES = re.compile(r"[ \t\u00a0]+")
+_SPACE_RUNS = re.compile(" {2,}")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _WORDISH = re.compile(r"\w+|[^\w\s]", re.U)
@@ -43,21 +45,37 @@ def _shorten_code(match: re.Match[str]) -> str:
 
 def clean_readme(text: str) -> str:
     """Markdown/HTML README → compact plain text that keeps what describes the project."""
+    # Each pattern runs only when the text holds the literal it cannot match without: most READMEs
+    # skip most passes (this runs once per repo on the worker, next to the model).
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _FENCE.sub(_shorten_code, text)
-    text = _HTML_COMMENT.sub("", text)
-    text = _HTML_BLOCK_DROP.sub("", text)
-    text = _MD_BADGE.sub("", text)
-    text = _HTML_IMG.sub("", text)
-    text = _MD_IMAGE.sub("", text)
-    text = _MD_REF_IMAGE.sub("", text)
-    text = _MD_LINK.sub(r"\1", text)
-    text = _MD_REF_DEF.sub("", text)
-    text = _HTML_TAG.sub(" ", text)
+    if "```" in text or "~~~" in text:
+        text = _FENCE.sub(_shorten_code, text)
+    if "<" in text:
+        if "<!--" in text:
+            text = _HTML_COMMENT.sub("", text)
+        text = _HTML_BLOCK_DROP.sub("", text)
+    if "![" in text:
+        text = _MD_BADGE.sub("", text)
+    if "<" in text:
+        text = _HTML_IMG.sub("", text)
+    if "![" in text:
+        text = _MD_IMAGE.sub("", text)
+        text = _MD_REF_IMAGE.sub("", text)
+    if "](" in text:
+        text = _MD_LINK.sub(r"\1", text)
+    if "]:" in text:
+        text = _MD_REF_DEF.sub("", text)
+    if "<" in text:
+        text = _HTML_TAG.sub(" ", text)
     text = html.unescape(text)
-    text = _BARE_URL.sub("", text)
-    text = _TABLE_RULE.sub("", text)
-    text = _SPACES.sub(" ", text)
+    if "http" in text:
+        text = _BARE_URL.sub("", text)
+    if "---" in text:
+        text = _TABLE_RULE.sub("", text)
+    if "\t" in text or "\u00a0" in text:
+        text = text.replace("\t", " ").replace("\u00a0", " ")
+    if "  " in text:  # runs of blanks become one space
+        text = _SPACE_RUNS.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
@@ -69,18 +87,50 @@ def estimate_tokens(text: str) -> int:
     return cjk + (len(_WORDISH.findall(_CJK.sub(" ", text))) * 4 + 2) // 3
 
 
+_NON_SPACE = re.compile(r"\S")
+
+
+@lru_cache(maxsize=16)
+def _first_words(count: int) -> re.Pattern[str]:
+    """Matches the first ``count`` words/symbols of _WORDISH (possessive: a word is never split)."""
+    return re.compile(rf"(?:\s*+(?:\w++|[^\w\s])){{{count}}}")
+
+
+def _longest_prefix_within(text: str, budget: int) -> int:
+    """The length of the longest prefix of ``text`` whose :func:`estimate_tokens` is within ``budget``.
+
+    A prefix's estimate counts the CJK characters and the word/symbol starts before its end, so it
+    grows one event at a time: walk the events in order and stop at the first that goes over. One
+    lazy pass over the kept head, instead of a binary search re-estimating ever-shorter prefixes."""
+    if text.isascii() or not _CJK.search(text):
+        # (words * 4 + 2) // 3 <= budget  <=>  words <= 3 * budget // 4: the prefix ends where the next
+        # word starts after that many, found by one C-level match instead of a match object per word.
+        kept = _first_words(3 * budget // 4).match(text)
+        if kept is None:
+            return len(text)
+        over = _NON_SPACE.search(text, kept.end())
+        return len(text) if over is None else over.start()
+    cjk = words = 0
+    events = heapq.merge(
+        ((m.start(), True) for m in _CJK.finditer(text)),
+        ((m.start(), False) for m in _WORDISH.finditer(_CJK.sub(" ", text))),
+    )
+    for position, is_cjk in events:
+        if is_cjk:
+            cjk += 1
+        else:
+            words += 1
+        if cjk + (words * 4 + 2) // 3 > budget:
+            return position
+    return len(text)
+
+
 def truncate_head(text: str, budget: int) -> str:
     """Keep the head of ``text`` within ``budget`` estimated tokens, cut at a line or word boundary."""
     text = text[: budget * 16]  # a cheap bound: past 16 characters per token is noise (hashes, minified code)
-    if estimate_tokens(text) <= budget:
+    low = _longest_prefix_within(text, budget)
+    if low == len(text):
         return text
-    low, high = 0, len(text)
-    while low < high:  # longest prefix within budget
-        mid = (low + high + 1) // 2
-        if estimate_tokens(text[:mid]) <= budget:
-            low = mid
-        else:
-            high = mid - 1
     head = text[:low]
     cut = max(head.rfind("\n"), head.rfind(" "))
     if cut > low * 0.8:

@@ -56,3 +56,33 @@ def test_empty_and_whitespace_readmes_clean_to_nothing():
     assert prepare_readme("", 64) == ""
     assert prepare_readme(" \n\t \n", 64) == ""
     assert prepare_readme('<p align="center"><img src="x.png"></p>', 64) == ""
+
+
+def _reference_truncate(text: str, budget: int) -> str:
+    """The definition truncate_head implements faster: binary search for the longest prefix in budget."""
+    text = text[: budget * 16]
+    if estimate_tokens(text) <= budget:
+        return text
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if estimate_tokens(text[:mid]) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    head = text[:low]
+    cut = max(head.rfind("\n"), head.rfind(" "))
+    if cut > low * 0.8:
+        head = head[:cut]
+    return head.rstrip()
+
+
+def test_truncation_matches_its_definition_on_mixed_text():
+    import random
+
+    rng = random.Random(7)
+    pieces = ["word", "x", "  ", "\n", "模型", "한국어", "-", "!!", "naïve", "a_b", "\t", "42", "—", "```"]
+    for _ in range(300):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 300)))
+        for budget in (0, 1, 5, 16, 64):
+            assert truncate_head(text, budget) == _reference_truncate(text, budget), (text, budget)

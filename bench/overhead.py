@@ -1,0 +1,90 @@
+"""Measurement 1, pipeline overhead: synthetic repos through Redis + one `tagger worker` subprocess +
+PostgreSQL with the instant keyword backend, against the raw rate of the very same multi-row writes
+(results upsert + job-state upsert, one transaction per batch) into PostgreSQL with nothing else."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from db.engine import transaction
+from db.queries import mark_done, mark_queued, result_totals, upsert_results
+from producer.enqueue import enqueue_ids
+from tagger.readme import readme_hash
+from tagger.settings import Settings
+
+from . import proc_cpu_s, wait_for
+
+
+@dataclass
+class PipelineRun:
+    repos: int
+    batch_size: int
+    wall_s: float
+    worker_cpu_s: float
+    backend_s: float
+    producer_cpu_s: float
+
+    @property
+    def repos_per_s(self) -> float:
+        return self.repos / self.wall_s
+
+    @property
+    def cpu_ms_outside_backend(self) -> float:
+        return (self.worker_cpu_s - self.backend_s) * 1000 / self.repos
+
+
+def totals(url: str) -> tuple[int, float]:
+    with transaction(url) as conn:
+        return result_totals(conn)
+
+
+def run_pipeline(settings: Settings, worker_pid: int, ids: Sequence[str], batch_size: int,
+                 timeout: float = 900) -> PipelineRun:
+    """Enqueue ``ids`` (in this process, as `tagger enqueue --file` would) while the worker drains;
+    the clock stops when the last result is in PostgreSQL."""
+    settings = settings.model_copy(update={"batch_size": batch_size})
+    done_before, latency_before = totals(settings.database_url)
+    cpu_before = proc_cpu_s(worker_pid)
+    started = time.perf_counter()
+    producer_cpu = time.process_time()
+    report = enqueue_ids(settings, ids)
+    producer_cpu = time.process_time() - producer_cpu
+    if report.sent != len(ids):
+        raise RuntimeError(f"enqueued {report.sent} of {len(ids)} repos")
+    target = done_before + len(ids)
+    wait_for(lambda: totals(settings.database_url)[0] >= target, timeout, f"{len(ids)} results", interval=0.02)
+    wall = time.perf_counter() - started
+    cpu = proc_cpu_s(worker_pid) - cpu_before
+    _, latency_after = totals(settings.database_url)
+    return PipelineRun(len(ids), batch_size, wall, cpu, (latency_after - latency_before) / 1000, producer_cpu)
+
+
+def result_rows(rows: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+    """What the worker would write for these repos (the keyword backend's configuration)."""
+    return [
+        {"repo_id": r["id"], "tag_ids": [4, 17], "backend": "keyword", "model": "keyword-v1", "prompt_version": "p1d",
+         "taxonomy_version": 1, "readme_hash": readme_hash(r["readme"]), "readme_version": 1,
+         "raw_output": json.dumps({"tags": ["cli", "ai"]}), "latency_ms": 0.05}
+        for r in rows
+    ]
+
+
+def run_raw(url: str, rows: Sequence[dict[str, Any]], batch_size: int) -> float:
+    """Rows per second of the pipeline's writes alone: per batch, one transaction with the results
+    upsert and the job-state upsert. The jobs are marked queued first (untimed), as enqueueing does."""
+    for start in range(0, len(rows), 5000):
+        with transaction(url) as conn:
+            mark_queued(conn, [r["repo_id"] for r in rows[start : start + 5000]])
+    task_id = str(uuid.uuid4())
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        with transaction(url) as conn:
+            upsert_results(conn, batch)
+            mark_done(conn, [r["repo_id"] for r in batch], task_id)
+    return len(rows) / (time.perf_counter() - started)

@@ -1,0 +1,214 @@
+"""`tagger bench`: every measurement in one run, one table, BENCHMARKS.md-ready rows, one JSON object."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tagger.settings import Settings
+from tagger.taxonomy import Taxonomy
+
+from . import (
+    ROOT,
+    Report,
+    bench_database,
+    fmt,
+    gpu,
+    insert_repos,
+    overhead,
+    prefix,
+    private_redis,
+    sample_readmes,
+    scale,
+    scratch_dir,
+    synthetic_rows,
+    worker,
+)
+from . import batch_size as batch_bench
+from . import model_path as model_bench
+from .overhead import result_rows
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    overhead_repos: int
+    sweep_sizes: tuple[int, ...]
+    sweep_repos: int
+    rss_repos: int  # repos the keyword worker handles in all, its RSS sampled throughout
+    enqueue_repos: int
+    model_readmes: int
+
+
+FULL = Plan("full", 20_000, batch_bench.FULL_SIZES, 4_000, 100_000, 1_000_000, 64)
+QUICK = Plan("quick", 4_000, batch_bench.QUICK_SIZES, 1_500, 0, 100_000, 4)
+
+
+def run(base: Settings, plan: Plan, *, model: bool = True, say: Callable[[str], None] = print) -> Report:
+    report = Report()
+    started = time.perf_counter()
+    report.figures["mode"] = plan.name
+    with private_redis() as redis_url, bench_database(base.database_url, base.taxonomy_file) as url, \
+            scratch_dir() as tmp:
+        settings = base.model_copy(update={"database_url": url, "broker_url": redis_url, "backend": "keyword",
+                                           "queue": f"bench-{uuid.uuid4().hex[:8]}"})
+        say(f"database {url.rsplit('/', 1)[-1]}, private redis {redis_url}")
+        _pipeline(settings, plan, report, tmp, say)
+        if model:
+            _model(settings.model_copy(update={"queue": f"bench-llm-{uuid.uuid4().hex[:8]}", "backend": "llamacpp"}),
+                   plan, report, tmp, say)
+    _scale(base, plan, report, say)
+    gpu.paper_rows(report)
+    report.figures["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _pipeline(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
+    n, default = plan.overhead_repos, settings.batch_size
+    extra = max(0, plan.rss_repos - n - plan.sweep_repos * len(plan.sweep_sizes))
+    say(f"inserting {2 * n + plan.sweep_repos * len(plan.sweep_sizes) + extra:,} synthetic repos")
+    pipeline_ids = insert_repos(settings.database_url, synthetic_rows("p", n))
+    raw_rows = list(synthetic_rows("w", n))
+    insert_repos(settings.database_url, iter(raw_rows))
+    sweep_sets = [insert_repos(settings.database_url, synthetic_rows(f"b{size}-", plan.sweep_repos))
+                  for size in plan.sweep_sizes]
+    extra_ids = insert_repos(settings.database_url, synthetic_rows("x", extra)) if extra else []
+    writes = result_rows(raw_rows)
+
+    # The backend alone must be instant here: the keyword shortlist (TAGGER_SHORTLIST's default)
+    # hands the keyword backend a different tag subset per README, and it compiles a matcher for each.
+    with worker(settings, tmp, TAGGER_SHORTLIST="none") as proc:
+        counter = lambda: overhead.totals(settings.database_url)[0]  # noqa: E731
+        with scale.RssSampler(proc.pid, counter, interval=1.0) as rss:
+            say(f"batch-size sweep {plan.sweep_sizes}, {plan.sweep_repos:,} repos each")
+            runs = batch_bench.sweep(settings, proc.pid, sweep_sets, plan.sweep_sizes)
+            for r in runs:
+                report.add("5 batch size", f"batch {r.batch_size}: repos/s", r.repos_per_s, "repos/s",
+                           f"CPU outside backend {r.cpu_ms_outside_backend:.2f} ms/repo")
+            report.figures["batch_size_repos_per_s"] = {r.batch_size: round(r.repos_per_s, 1) for r in runs}
+            chosen = batch_bench.choose(runs)
+            report.add("5 batch size", "smallest size within 90% of the best", chosen, "ids/message",
+                       f"default TAGGER_BATCH_SIZE={default}", key="batch_size_chosen")
+
+            say(f"pipeline overhead: {n:,} repos, batch size {default}, raw upserts alongside")
+            raw_before = overhead.run_raw(settings.database_url, writes[: n // 2], default)
+            pipe = overhead.run_pipeline(settings, proc.pid, pipeline_ids, default)
+            raw_after = overhead.run_raw(settings.database_url, writes[n // 2 :], default)
+            raw = (raw_before + raw_after) / 2
+            report.add("1 overhead", f"pipeline, 1 worker, keyword, {n:,} repos", pipe.repos_per_s, "repos/s",
+                       f"batch {default}; goal >= 2,000", key="overhead_repos_per_s")
+            report.add("1 overhead", "raw upserts (results + jobs, 1 txn/batch)", raw, "rows/s",
+                       f"before {raw_before:,.0f}, after {raw_after:,.0f}", key="raw_upsert_rows_per_s")
+            report.add("1 overhead", "ratio pipeline / raw", pipe.repos_per_s / raw, "", "goal >= 0.5",
+                       key="overhead_ratio")
+            report.add("1 overhead", "worker CPU outside the backend", pipe.cpu_ms_outside_backend, "ms/repo",
+                       f"backend {pipe.backend_s * 1000 / n:.2f} ms/repo", key="worker_cpu_ms_per_repo")
+            report.add("1 overhead", "worker CPU in all", pipe.worker_cpu_s * 1000 / n, "ms/repo",
+                       "the steadiest figure on a busy machine", key="worker_cpu_total_ms_per_repo")
+            report.add("1 overhead", "producer CPU", pipe.producer_cpu_s * 1000 / n, "ms/repo",
+                       key="producer_cpu_ms_per_repo")
+            if extra_ids:
+                say(f"worker RSS: {len(extra_ids):,} more repos")
+                overhead.run_pipeline(settings, proc.pid, extra_ids, default, timeout=3600)
+        warm, end, growth = rss.growth()
+        handled = rss.samples[-1][2] if rss.samples else 0
+        report.add("4 scale", f"worker RSS over {handled:,} repos", f"{warm:.0f} → {end:.0f}", "MiB",
+                   f"{len(rss.samples)} samples; goal growth < 10%")
+        report.add("4 scale", "worker RSS growth", growth * 100, "%", key="worker_rss_growth_pct")
+
+
+def _model(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        say("llama-cpp-python is not installed: model path skipped (install the 'llamacpp' extra)")
+        return
+    rows, source = sample_readmes(plan.model_readmes)
+    rows = [{**r, "id": f"m-{r['id']}"} for r in rows]
+    insert_repos(settings.database_url, iter(rows))
+    ids = sorted(r["id"] for r in rows)
+    by_id = {r["id"]: r["readme"] for r in rows}
+    taxonomy = Taxonomy.load(settings.taxonomy_file)
+    say(f"model path: {len(ids)} READMEs ({source}), llamacpp pipeline vs bare llama-cpp-python")
+    prompts = model_bench.prompt_token_lists(settings, taxonomy, [by_id[i] for i in ids])
+    result = model_bench.ModelPathRun(len(ids), fixed_tokens=prompts.fixed_tokens, readme_tokens=prompts.readme_tokens)
+    result.bare_s, texts, result.answer_tokens = model_bench.run_bare(settings, prompts)
+    with worker(settings, tmp, timeout=600, TAGGER_LOG_LEVEL="DEBUG") as proc:
+        result.pipeline_s = model_bench.run_pipeline(settings, ids, timeout=600 + 120 * len(ids))
+        counts = model_bench.worker_token_counts(proc.log_path)  # type: ignore[attr-defined]
+    result.prompt_tokens = [counts[i][0] for i in ids if i in counts]
+    result.evaluated_tokens = [counts[i][1] for i in ids if i in counts]
+    result.same_tags = model_bench.compare_tags(settings, taxonomy, ids, texts)
+    n = len(ids)
+    report.add("2 model path", f"pipeline, llamacpp SmolLM2, {n} READMEs", n / result.pipeline_s, "repos/s",
+               f"{result.pipeline_s:.1f} s")
+    report.add("2 model path", "bare llama-cpp-python, same prompts", n / result.bare_s, "repos/s",
+               f"{result.bare_s:.1f} s")
+    report.add("2 model path", "ratio pipeline / bare", result.ratio, "", "goal >= 0.95", key="model_path_ratio")
+    report.add("2 model path", "same tags as the bare loop", f"{result.same_tags}/{n}", "repos")
+    figures = prefix.figures(result)
+    report.add("3 prefix reuse", "prompt tokens per repo", figures.prompt_tokens_per_repo, "tokens",
+               f"fixed head {figures.fixed_tokens} + README {figures.readme_tokens_per_repo:.0f} + tail",
+               key="prompt_tokens_per_repo")
+    report.add("3 prefix reuse", "evaluated tokens per repo (all)", figures.evaluated_tokens_per_repo, "tokens",
+               f"first repo {figures.first_evaluated}", key="evaluated_tokens_per_repo")
+    report.add("3 prefix reuse", "evaluated tokens per repo after the first", figures.evaluated_after_first,
+               "tokens", "the fixed part comes from the KV cache", key="evaluated_tokens_after_first")
+    report.add("3 prefix reuse", "answer tokens per repo", figures.answer_tokens_per_repo, "tokens",
+               key="answer_tokens_per_repo")
+    report.figures["fixed_prompt_tokens"] = figures.fixed_tokens
+    report.figures["readme_tokens_per_repo"] = round(figures.readme_tokens_per_repo, 1)
+
+
+def _scale(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
+    n = plan.enqueue_repos
+    with private_redis() as redis_url, bench_database(base.database_url, base.taxonomy_file) as url:
+        settings = base.model_copy(update={"database_url": url, "broker_url": redis_url,
+                                           "queue": f"bench-scale-{uuid.uuid4().hex[:8]}"})
+        say(f"scale: inserting {n:,} repos, then `tagger enqueue --all` against a draining consumer")
+        insert_repos(url, scale.tiny_rows("s", n))
+        run = scale.run_enqueue(settings, n)
+    report.add("4 scale", f"enqueue {n:,} ids (tagger enqueue --all)", run.rate, "ids/s", f"{run.wall_s:.1f} s",
+               key="enqueue_ids_per_s")
+    report.add("4 scale", "producer peak RSS", run.producer_peak_rss_mib, "MiB", key="producer_peak_rss_mib")
+    report.add("4 scale", "Redis used_memory_peak", run.redis_peak_mib, "MiB",
+               f"empty: {run.redis_baseline_mib:.1f} MiB", key="redis_peak_mib")
+    report.add("4 scale", "queue peak depth / high-water mark", f"{run.peak_depth} / {run.high_water}", "batches",
+               "backpressure: checked every high-water/4 messages")
+    report.figures["queue_peak_depth"] = run.peak_depth
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def table(report: Report) -> str:
+    rows = [("", "measurement", "value", "unit", "note")]
+    rows += [(r.section, r.name, fmt(r.value), r.unit, r.note) for r in report.rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(report: Report) -> str:
+    lines = ["| section | measurement | value | unit | note |", "|---|---|---:|---|---|"]
+    lines += [f"| {r.section} | {r.name} | {fmt(r.value)} | {r.unit} | {r.note} |" for r in report.rows]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(report: Report) -> str:
+    def clean(value: object) -> object:
+        if isinstance(value, float):
+            return None if value != value else round(value, 4)
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        return value
+
+    return json.dumps({k: clean(v) for k, v in report.figures.items()}, sort_keys=True)
+
+
+OUT_DIR = ROOT / "bench" / "out"
