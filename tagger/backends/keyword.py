@@ -73,13 +73,18 @@ class KeywordTagger:
 
     @staticmethod
     def tag_text(text: str, choices: tuple[str, ...], limit: int = MAX_TAGS) -> list[str]:
-        pattern, owner = _matcher(choices)
+        # One matcher for every shortlist: compiling one per README's subset would cost more than matching.
+        known = _phrases_by_tag()
+        pattern, owner = _matcher(tuple(sorted(known)) + tuple(sorted(n for n in choices if n not in known)))
+        allowed = set(choices)
         lowered = text.lower()
         scores: dict[str, float] = defaultdict(float)
         length = max(len(lowered), 1)
         for match in pattern.finditer(lowered):
-            # Mentions near the top (title, tagline) say more about what a repo is than later ones.
-            scores[owner[match.group(0)]] += 1.0 + 2.0 * (1.0 - match.start() / length)
+            name = owner[match.group(0)]
+            if name in allowed:
+                # Mentions near the top (title, tagline) say more about what a repo is than later ones.
+                scores[name] += 1.0 + 2.0 * (1.0 - match.start() / length)
         return [name for name, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
 
     def close(self) -> None:
