@@ -44,11 +44,10 @@ def status(env: dict[str, str]) -> dict[str, int]:
 
 
 @contextmanager
-def worker_process(env: dict[str, str], *extra: str, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `tagger worker` subprocess, killed (whole process group) on exit."""
+def tagger_process(env: dict[str, str], *args: str, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `tagger ARGS...` subprocess in its own process group, stopped on exit (SIGTERM, then SIGKILL)."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen([*TAGGER, "worker", *extra], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen([*TAGGER, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
     finally:
@@ -61,6 +60,11 @@ def worker_process(env: dict[str, str], *extra: str, log: Path | None = None) ->
                 proc.wait()
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def worker_process(env: dict[str, str], *extra: str, log: Path | None = None):  # type: ignore[no-untyped-def]
+    """A real `tagger worker` subprocess."""
+    return tagger_process(env, "worker", *extra, log=log)
 
 
 def readme_fixture_rows() -> list[dict[str, str]]:

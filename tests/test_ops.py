@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,25 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from db.engine import transaction
 from db.queries import mark_done, mark_queued, record_dead_letters, schedule_retries, upsert_repos, upsert_results
-from tests.helpers import TAGGER, run_cli, wait_until
+from tests.helpers import run_cli, tagger_process, wait_until
 from tests.ops_helpers import free_port
 from workers.app import TAG_BATCH, app_for
 
 
-@contextmanager
-def serving(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*TAGGER, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+def serving(env: dict[str, str], log: Path, *args: str):  # type: ignore[no-untyped-def]
+    return tagger_process(env, *args, log=log)
 
 
 def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
