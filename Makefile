@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,openai,llamacpp
+EXTRAS ?= dev,openai,llamacpp,embeddings
 
 .PHONY: demo test lint services install clean
 
