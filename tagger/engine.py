@@ -76,26 +76,32 @@ class TaggingEngine:
         return self.prompts.version + (f"+{self.shortlister.label}" if self.shortlister else "")
 
     def build_prompt(self, readme: str) -> Prompt:
-        text = prepare_readme(readme, self.budget)
-        if not text:
-            raise UnusableReadme("README is empty after cleaning")
-        choices = self.shortlister.shortlist([text])[0] if self.shortlister else None
-        return self.prompts.build(text, choices)
+        prompt = self.build_prompts([readme])[0]
+        if isinstance(prompt, TaggerError):
+            raise prompt
+        return prompt
+
+    def build_prompts(self, readmes: Sequence[str]) -> list[Prompt | TaggerError]:
+        """One prompt per README, or the reason there can be none, in order."""
+        texts = [prepare_readme(readme, self.budget) for readme in readmes]
+        usable = [text for text in texts if text]
+        # One shortlisting call for the batch: embedding models are far faster on batches.
+        shortlists = iter(self.shortlister.shortlist(usable) if self.shortlister and usable else [None] * len(usable))
+        return [
+            self.prompts.build(text, next(shortlists)) if text else UnusableReadme("README is empty after cleaning")
+            for text in texts
+        ]
 
     def tag(self, readmes: Sequence[str]) -> list[Tagged | TaggerError]:
         outcomes: list[Tagged | TaggerError | None] = [None] * len(readmes)
-        texts: list[str] = []
+        prompts: list[Prompt] = []
         positions: list[int] = []
-        for position, readme in enumerate(readmes):
-            text = prepare_readme(readme, self.budget)
-            if text:
-                texts.append(text)
+        for position, prompt in enumerate(self.build_prompts(readmes)):
+            if isinstance(prompt, Prompt):
+                prompts.append(prompt)
                 positions.append(position)
             else:
-                outcomes[position] = UnusableReadme("README is empty after cleaning")
-        # One shortlisting call for the batch: embedding models are far faster on batches.
-        shortlists = self.shortlister.shortlist(texts) if self.shortlister and texts else [None] * len(texts)
-        prompts = [self.prompts.build(text, choices) for text, choices in zip(texts, shortlists, strict=True)]
+                outcomes[position] = prompt
         if prompts:
             started = time.perf_counter()
             generations = self._generate(prompts)
