@@ -329,16 +329,16 @@ def claim_stuck_jobs(conn: Connection, older_than_s: float, limit: int) -> list[
 
 
 def status_counts(conn: Connection) -> dict[str, int]:
-    counts = {
-        "repos": conn.execute(sa.select(sa.func.count()).select_from(repos)).scalar_one(),
-        "tagged": conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one(),
-        "dead": conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one(),
+    """What `tagger status` shows: repos, tagged, dead letters, and repos pending, failed or done."""
+    states = job_state_counts(conn)
+    return {
+        "repos": sum(states.values()),  # every repo is in one state, 'untracked' included
+        "tagged": int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()),
+        "dead": int(conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()),
+        "pending": states["queued"],
+        "failed": states["failed"],
+        "done": states["done"],
     }
-    by_state: dict[str, int] = dict(conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all())
-    counts["pending"] = int(by_state.get("queued", 0))
-    counts["failed"] = int(by_state.get("failed", 0))
-    counts["done"] = int(by_state.get("done", 0))
-    return {k: int(v) for k, v in counts.items()}
 
 
 def tag_rate(conn: Connection, window_s: int = 60) -> float:
