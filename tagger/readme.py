@@ -17,10 +17,12 @@ _HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
 _HTML_BLOCK_DROP = re.compile(r"<(script|style|svg)\b.*?</\1\s*>", re.S | re.I)
 _HTML_IMG = re.compile(r"<img\b[^>]*>", re.I)
 _HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-_MD_BADGE = re.compile(r"\[!\[[^\]]*\]\([^)]*\)\]\([^)]*\)")
-_MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
-_MD_REF_IMAGE = re.compile(r"!\[[^\]]*\]\[[^\]]*\]")
-_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+# Markdown links and images are matched within a line: cleaning stays local, so cleaning a README's
+# head gives the head of the cleaned README (prepare_readme relies on it).
+_MD_BADGE = re.compile(r"\[!\[[^\]\n]*\]\([^)\n]*\)\]\([^)\n]*\)")
+_MD_IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)")
+_MD_REF_IMAGE = re.compile(r"!\[[^\]\n]*\]\[[^\]\n]*\]")
+_MD_LINK = re.compile(r"\[([^\]\n]*)\]\([^)\n]*\)")
 _MD_REF_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*\S+.*$", re.M)
 _BARE_URL = re.compile(r"https?://\S+")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}.*$", re.M)
@@ -141,8 +143,51 @@ def truncate_head(text: str, budget: int) -> str:
 # Only the head is ever kept, so cleaning a 10 MB README need not read all of it: cleaning rarely
 # removes more than this factor of characters per kept token (badges, HTML and link targets).
 _RAW_CHARS_PER_TOKEN = 64
+# The first slice cleaned: enough raw text for the budget in most READMEs (prose runs 4-6 characters
+# per token; badges and link targets add more). The slice grows 4x each time it falls short.
+_FIRST_SLICE_CHARS_PER_TOKEN = 16
+_FENCE_LINE = re.compile(r"^(?:```|~~~)", re.M)
+
+
+def _cut_inside_construct(text: str) -> bool:
+    """Whether ``text`` (whole lines) stops inside something that spans lines and that cleaning
+    removes or rewrites as a whole: a code fence, an HTML comment, a script/style/svg element or an
+    HTML tag. Cut there, its inside would read as prose."""
+    if text.rfind("<") > text.rfind(">"):
+        return True
+    lowered = text.lower()
+    if lowered.rfind("<!--") > lowered.rfind("-->"):
+        return True
+    if any(lowered.rfind(f"<{name}") > lowered.rfind(f"</{name}") for name in ("script", "style", "svg")):
+        return True
+    fence: str | None = None  # the open fence's marker; a fence closes with a line starting the same way
+    for line in _FENCE_LINE.finditer(text):
+        marker = line.group(0)
+        if fence is None:
+            fence = marker
+        elif marker == fence:
+            fence = None
+    return fence is not None
 
 
 def prepare_readme(text: str, budget: int) -> str:
-    """What the model reads: the cleaned head of the README, within ``budget`` tokens."""
-    return truncate_head(clean_readme(text[: max(budget * _RAW_CHARS_PER_TOKEN, 65_536)]), budget)
+    """What the model reads: the cleaned head of the README, within ``budget`` tokens.
+
+    Cleans the README's first lines, more of them until they yield more than the budget: this runs
+    per repo next to the model, and a whole README costs several times what its head does. Cleaning
+    is local to lines except for the constructs :func:`_cut_inside_construct` looks for, so a head
+    cut between lines and outside those cleans to the head of the cleaned whole (tests/test_readme.py
+    checks that the result is the same)."""
+    limit = min(len(text), max(budget * _RAW_CHARS_PER_TOKEN, 65_536))
+    size = max(budget * _FIRST_SLICE_CHARS_PER_TOKEN, 256)
+    while size * 2 <= limit:  # a slice of more than half the text saves less than a retry costs
+        end = text.rfind("\n", 0, size) + 1
+        if end:
+            piece = text[:end]
+            cleaned = clean_readme(piece)
+            head = truncate_head(cleaned, budget)
+            # The head must stop a line short of the piece's end: past it, more text could change it.
+            if len(head) <= cleaned.rfind("\n") and not _cut_inside_construct(piece):
+                return head
+        size *= 4
+    return truncate_head(clean_readme(text[:limit]), budget)

@@ -86,3 +86,30 @@ def test_truncation_matches_its_definition_on_mixed_text():
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 300)))
         for budget in (0, 1, 5, 16, 64):
             assert truncate_head(text, budget) == _reference_truncate(text, budget), (text, budget)
+
+
+def _prepare_whole(text: str, budget: int) -> str:
+    """prepare_readme's definition: clean all of the (bounded) head, then truncate."""
+    return truncate_head(clean_readme(text[: max(budget * 64, 65_536)]), budget)
+
+
+def test_preparing_a_slice_gives_what_the_whole_readme_gives():
+    import random
+
+    from tests.helpers import FIXTURES
+
+    readmes = [path.read_text(encoding="utf-8") for path in sorted((FIXTURES / "readmes").glob("*.md"))]
+    rng = random.Random(11)
+    # Constructs that cleaning rewrites as a whole, placed so that slice boundaries fall inside them.
+    pieces = [
+        "Some prose about a parser for config files. ", "\n\n", "## Usage\n",
+        "```sh\n" + "echo step\n" * 12 + "```\n", "<!-- a comment\nthat spans\nlines -->", "<script>\nx()\n</script>",
+        "[![ci](https://img.example/b.svg)](https://ci.example)", "[the docs](https://example.com/docs)",
+        '<p align="center">\n<img src="logo.png">\n</p>', "| a | b |\n|---|---|\n| 1 | 2 |\n", "x < 5 and [y",
+        "https://example.com/a/very/long/url ", "模型推理 ", "&amp; ", "\n~~~\ncode\n~~~\n",
+    ]
+    for _ in range(300):
+        readmes.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 120))))
+    for text in readmes:
+        for budget in (16, 64, 128, 512):
+            assert prepare_readme(text, budget) == _prepare_whole(text, budget), (budget, text[:200])
