@@ -200,12 +200,12 @@ def proc_rss_kib(pid: int, key: str = "VmRSS") -> int:
 
 
 @contextmanager
-def worker(settings: Settings, log_dir: Path, *, timeout: float = 300, **extra_env: str
+def worker(settings: Settings, log_dir: Path, *, timeout: float = 300, args: Sequence[str] = (), **extra_env: str
            ) -> Iterator[subprocess.Popen[bytes]]:
-    """ONE real `tagger worker` subprocess (solo pool), returned once its model is loaded."""
+    """ONE real `tagger worker` subprocess (its default pool, or ``args``), returned once its model is loaded."""
     log_path = log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([*TAGGER, "worker"], env=bench_env(settings, **extra_env), stdout=out,
+        proc = subprocess.Popen([*TAGGER, "worker", *args], env=bench_env(settings, **extra_env), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
         wait_for(lambda: b"worker_model_loaded" in log_path.read_bytes() or proc.poll() is not None,

@@ -20,8 +20,7 @@ from tagger.errors import TaggerError
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 
-from . import wait_for
-from .overhead import totals
+from .overhead import totals, wait_for_results
 
 
 @dataclass
@@ -111,12 +110,11 @@ def worker_token_counts(log_path: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_pipeline(settings: Settings, ids: Sequence[str], timeout: float) -> float:
-    done_before, _ = totals(settings.database_url)
-    started = time.perf_counter()
+    done_before = totals(settings.database_url).count
+    started = time.time()
     enqueue_ids(settings, ids)
-    wait_for(lambda: totals(settings.database_url)[0] >= done_before + len(ids), timeout,
-             f"{len(ids)} llamacpp results", interval=0.1)
-    return time.perf_counter() - started
+    return wait_for_results(settings.database_url, done_before + len(ids), started, timeout,
+                            f"{len(ids)} llamacpp results")
 
 
 def compare_tags(settings: Settings, taxonomy: Taxonomy, ids: Sequence[str], texts: Sequence[str]) -> int:

@@ -82,7 +82,7 @@ def _pipeline(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Ca
     # The backend alone must be instant here: the keyword shortlist (TAGGER_SHORTLIST's default)
     # hands the keyword backend a different tag subset per README, and it compiles a matcher for each.
     with worker(settings, tmp, TAGGER_SHORTLIST="none") as proc:
-        counter = lambda: overhead.totals(settings.database_url)[0]  # noqa: E731
+        counter = lambda: overhead.totals(settings.database_url).count  # noqa: E731
         with scale.RssSampler(proc.pid, counter, interval=1.0) as rss:
             say(f"batch-size sweep {plan.sweep_sizes}, {plan.sweep_repos:,} repos each")
             runs = batch_bench.sweep(settings, proc.pid, sweep_sets, plan.sweep_sizes)
