@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,10 @@ def configured_prompt_version(taxonomy: Taxonomy, settings: Settings) -> str:
 
 class TaggingEngine:
     """Tags a batch of READMEs with one backend call; failures are returned per README, never raised
-    for the batch, except those that concern the whole call (the backend timed out, say)."""
+    for the batch, except those that concern the whole call (the backend timed out, say).
+
+    Thread-safe: one batch is in the model at a time, while other threads (the worker's threads pool)
+    prepare their prompts and validate their answers around it."""
 
     def __init__(
         self,
@@ -55,6 +59,7 @@ class TaggingEngine:
         self.budget = readme_token_budget
         self.timeout_s = timeout_s
         self.shortlister = shortlister
+        self._model_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, tagger: Tagger, taxonomy: Taxonomy, settings: Settings) -> TaggingEngine:
@@ -103,9 +108,10 @@ class TaggingEngine:
             else:
                 outcomes[position] = prompt
         if prompts:
-            started = time.perf_counter()
-            generations = self._generate(prompts)
-            latency_ms = (time.perf_counter() - started) * 1000 / len(prompts)
+            with self._model_lock:
+                started = time.perf_counter()
+                generations = self._generate(prompts)
+                latency_ms = (time.perf_counter() - started) * 1000 / len(prompts)
             for position, generation in zip(positions, generations, strict=True):
                 outcomes[position] = self._validate(generation, latency_ms)
         return cast(list[Tagged | TaggerError], outcomes)  # every position was filled above
