@@ -58,4 +58,4 @@ ENV PYTHONUNBUFFERED=1 HF_HOME=/models TAGGER_LOG_FORMAT=json TAGGER_BACKEND=vll
 USER tagger
 WORKDIR /home/tagger
 ENTRYPOINT ["tagger"]
-CMD ["worker", "--pool", "solo"]
+CMD ["worker", "--pool", "threads", "--concurrency", "2"]

@@ -105,7 +105,8 @@ def test_gpu_worker_reserves_one_gpu_and_caches_models(services):
     assert len(devices) == 1 and "gpu" in devices[0]["capabilities"]
     assert len(devices[0].get("device_ids", [])) == 1 or devices[0].get("count") == 1  # one worker per GPU
     assert worker["environment"]["TAGGER_BACKEND"] == "vllm"
-    assert worker["command"][:3] == ["worker", "--pool", "solo"]
+    # One process holds the GPU (prefork would fork CUDA); its threads keep the model fed.
+    assert worker["command"][:5] == ["worker", "--pool", "threads", "--concurrency", "2"]
     assert any(str(v).startswith("models:") for v in worker["volumes"])
 
     cpu = services["worker-cpu"]

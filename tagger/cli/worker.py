@@ -9,16 +9,22 @@ from tagger.settings import get_settings
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.option("--pool", type=click.Choice(["solo", "prefork", "threads"]), default="solo", show_default=True,
-              help="solo for GPU workers (CUDA cannot survive a fork): one model, one batch at a time.")
-@click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True,
-              help="Processes (prefork) or threads; each prefork process loads its own model.")
+@click.option("--pool", type=click.Choice(["threads", "solo", "prefork"]), default="threads", show_default=True,
+              help="threads: one model shared by the threads, one batch in it at a time while the other "
+              "threads read, prepare and write theirs (the model never waits on Python or Postgres). "
+              "solo: one batch at a time, start to finish. prefork: a model per process (CPU only: CUDA "
+              "cannot survive a fork).")
+@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads (threads: 2 keep the model busy), or processes (prefork; each loads its own model).")
 @click.option("--hostname", help="Celery node name (default: tagger@<host>).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(pool: str, concurrency: int, hostname: str | None, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker that holds one model (GPU: one worker per GPU).
 
-    The model loads once per worker process, at start-up. Extra arguments go to `celery worker`.
+    The model loads once per worker process, at start-up. Each message is a batch of repo ids: one
+    query reads their READMEs, one backend call tags them, one transaction writes the results. With
+    the default threads pool, the next batch is read and prepared, and the last one written, while the
+    model works on the current one. Extra arguments go to `celery worker`.
     """
     from workers.app import app
 
