@@ -6,6 +6,7 @@ take row locks in the same order and cannot deadlock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -175,11 +176,43 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Store results; a result never replaces one computed from a newer README."""
     if not rows:
         return
-    conn.execute(_results_upsert(conn.dialect.name), sorted(rows, key=lambda r: r["repo_id"]))
+    ordered = sorted(rows, key=lambda r: r["repo_id"])
+    if conn.dialect.name == "postgresql":
+        columns = {name: [row[name] for row in ordered] for name in _RESULT_COLUMNS}
+        columns["tag_ids"] = [json.dumps(tag_ids) for tag_ids in columns["tag_ids"]]
+        conn.execute(_RESULTS_UPSERT_PG, columns)
+    else:
+        conn.execute(_results_upsert(conn.dialect.name), ordered)
 
 
-# The hot path's statements are built once per dialect: building an upsert (its EXCLUDED alias and
-# column collections) costs more CPU than executing it for a batch of ids.
+# PostgreSQL gets the hot path's multi-row writes as ONE statement per batch, whatever its size: each
+# column travels as one array and unnest() turns the arrays back into rows. The server plans and runs
+# one INSERT instead of one per row, and the driver binds a few arrays instead of every value of
+# every row (a third less worker CPU per written row than executemany).
+_RESULT_COLUMNS = ("repo_id", "tag_ids", "backend", "model", "prompt_version", "taxonomy_version", "readme_hash",
+                   "readme_version", "raw_output", "latency_ms")
+_RESULTS_UPSERT_PG = sa.text("""
+    INSERT INTO results (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash,
+                         readme_version, raw_output, latency_ms, tagged_at)
+    SELECT repo_id, tag_ids::jsonb, backend, model, prompt_version, taxonomy_version, readme_hash,
+           readme_version, raw_output, latency_ms, now()
+    FROM unnest(CAST(:repo_id AS text[]), CAST(:tag_ids AS text[]), CAST(:backend AS text[]),
+                CAST(:model AS text[]), CAST(:prompt_version AS text[]), CAST(:taxonomy_version AS int[]),
+                CAST(:readme_hash AS text[]), CAST(:readme_version AS int[]), CAST(:raw_output AS text[]),
+                CAST(:latency_ms AS float8[]))
+      AS r(repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash, readme_version,
+           raw_output, latency_ms)
+    ON CONFLICT (repo_id) DO UPDATE SET
+        tag_ids = excluded.tag_ids, backend = excluded.backend, model = excluded.model,
+        prompt_version = excluded.prompt_version, taxonomy_version = excluded.taxonomy_version,
+        readme_hash = excluded.readme_hash, readme_version = excluded.readme_version,
+        raw_output = excluded.raw_output, latency_ms = excluded.latency_ms, tagged_at = now()
+    WHERE results.readme_version <= excluded.readme_version
+""")
+
+
+# Elsewhere (SQLite: the demo), executemany of a statement built once per dialect: building an upsert
+# (its EXCLUDED alias and column collections) costs more CPU than executing it for a batch of ids.
 @lru_cache(maxsize=8)
 def _results_upsert(dialect: str) -> Any:
     stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(results)
@@ -221,10 +254,21 @@ def mark_done(conn: Connection, ids: Sequence[str], task_id: str | None) -> None
     if not ids:
         return
     now = utcnow()
+    if conn.dialect.name == "postgresql":
+        conn.execute(_DONE_UPSERT_PG, {"ids": sorted(ids), "now": now, "task_id": task_id})
+        return
     conn.execute(
         _done_upsert(conn.dialect.name),
         [{"repo_id": i, "state": "done", "attempts": 0, "queued_at": now, "task_id": task_id} for i in sorted(ids)],
     )
+
+
+_DONE_UPSERT_PG = sa.text("""
+    INSERT INTO jobs (repo_id, state, attempts, queued_at, task_id)
+    SELECT repo_id, 'done', 0, :now, :task_id FROM unnest(CAST(:ids AS text[])) AS repo_id
+    ON CONFLICT (repo_id) DO UPDATE SET
+        state = 'done', attempts = 0, last_error = NULL, task_id = excluded.task_id, updated_at = now()
+""")
 
 
 @lru_cache(maxsize=8)
@@ -242,8 +286,22 @@ def mark_queued(conn: Connection, ids: Sequence[str], *, reset_attempts: bool = 
     if not ids:
         return
     now = utcnow()
+    if conn.dialect.name == "postgresql":
+        conn.execute(_QUEUED_UPSERT_PG[reset_attempts], {"ids": sorted(set(ids)), "now": now})
+        return
     conn.execute(_queued_upsert(conn.dialect.name, reset_attempts),
                  [{"repo_id": i, "state": "queued", "attempts": 0, "queued_at": now} for i in sorted(set(ids))])
+
+
+_QUEUED_UPSERT_PG = {
+    reset: sa.text(f"""
+        INSERT INTO jobs (repo_id, state, attempts, queued_at)
+        SELECT repo_id, 'queued', 0, :now FROM unnest(CAST(:ids AS text[])) AS repo_id
+        ON CONFLICT (repo_id) DO UPDATE SET
+            state = 'queued', queued_at = excluded.queued_at, updated_at = now(){", attempts = 0" if reset else ""}
+    """)
+    for reset in (True, False)
+}
 
 
 @lru_cache(maxsize=8)
@@ -385,11 +443,19 @@ def purge_dead_letters(conn: Connection, before: datetime) -> int:
     return conn.execute(sa.delete(dead_letters).where(dead_letters.c.last_failed_at < before)).rowcount
 
 
-def result_totals(conn: Connection) -> tuple[int, float]:
-    """(results, total backend milliseconds recorded in them): the benchmarks' split of worker time."""
-    count, latency = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(results.c.latency_ms), 0.0))
-                                  .select_from(results)).one()
-    return int(count), float(latency)
+@dataclass(frozen=True, slots=True)
+class ResultTotals:
+    count: int
+    latency_ms: float  # backend milliseconds recorded in them: the benchmarks' split of worker time
+    last_tagged_at: datetime | None  # when the newest was written: a run's end, however seldom one polls
+
+
+def result_totals(conn: Connection) -> ResultTotals:
+    count, latency, last = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(results.c.latency_ms), 0.0),
+                  sa.func.max(results.c.tagged_at)).select_from(results)
+    ).one()
+    return ResultTotals(int(count), float(latency), last)
 
 
 # --- operations: locks and monitoring -------------------------------------------------------------
