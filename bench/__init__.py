@@ -191,6 +191,19 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def services_cpu_s(names: Sequence[str] = ("postgres", "redis-server")) -> float:
+    """CPU seconds of every live process named ``names`` (PostgreSQL's backends, Redis): with the
+    worker's and the producer's, the whole CPU a repo costs. Backends that exit take theirs along."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            text = stat.read_text()
+            if text[text.index("(") + 1 : text.rindex(")")] in names:
+                fields = text.rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def proc_rss_kib(pid: int, key: str = "VmRSS") -> int:
     """VmRSS (now) or VmHWM (peak) of a live process, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -17,7 +17,7 @@ from producer.enqueue import enqueue_ids
 from tagger.readme import readme_hash
 from tagger.settings import Settings
 
-from . import proc_cpu_s, wait_for
+from . import proc_cpu_s, services_cpu_s, wait_for
 
 
 @dataclass
@@ -28,6 +28,12 @@ class PipelineRun:
     worker_cpu_s: float
     backend_s: float
     producer_cpu_s: float
+    services_cpu_s: float  # PostgreSQL and Redis
+
+    @property
+    def cpu_ms_per_repo(self) -> float:
+        """Every process's CPU per repo: worker, producer, PostgreSQL, Redis."""
+        return (self.worker_cpu_s + self.producer_cpu_s + self.services_cpu_s) * 1000 / self.repos
 
     @property
     def repos_per_s(self) -> float:
@@ -59,7 +65,7 @@ def run_pipeline(settings: Settings, worker_pid: int, ids: Sequence[str], batch_
     the clock stops when the last result is in PostgreSQL."""
     settings = settings.model_copy(update={"batch_size": batch_size})
     before = totals(settings.database_url)
-    cpu_before = proc_cpu_s(worker_pid)
+    cpu_before, services_before = proc_cpu_s(worker_pid), services_cpu_s()
     started = time.time()
     producer_cpu = time.process_time()
     report = enqueue_ids(settings, ids)
@@ -67,9 +73,10 @@ def run_pipeline(settings: Settings, worker_pid: int, ids: Sequence[str], batch_
     if report.sent != len(ids):
         raise RuntimeError(f"enqueued {report.sent} of {len(ids)} repos")
     wall = wait_for_results(settings.database_url, before.count + len(ids), started, timeout, f"{len(ids)} results")
-    cpu = proc_cpu_s(worker_pid) - cpu_before
+    cpu, services = proc_cpu_s(worker_pid) - cpu_before, services_cpu_s() - services_before
     after = totals(settings.database_url)
-    return PipelineRun(len(ids), batch_size, wall, cpu, (after.latency_ms - before.latency_ms) / 1000, producer_cpu)
+    return PipelineRun(len(ids), batch_size, wall, cpu, (after.latency_ms - before.latency_ms) / 1000, producer_cpu,
+                       services)
 
 
 def result_rows(rows: Sequence[dict[str, str]]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -111,6 +112,11 @@ def _pipeline(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Ca
                        "the steadiest figure on a busy machine", key="worker_cpu_total_ms_per_repo")
             report.add("1 overhead", "producer CPU", pipe.producer_cpu_s * 1000 / n, "ms/repo",
                        key="producer_cpu_ms_per_repo")
+            report.add("1 overhead", "PostgreSQL + Redis CPU", pipe.services_cpu_s * 1000 / n, "ms/repo",
+                       key="services_cpu_ms_per_repo")
+            cores = len(os.sched_getaffinity(0))
+            report.add("1 overhead", f"CPU ceiling: {cores} cores / CPU per repo", cores * 1000 / pipe.cpu_ms_per_repo,
+                       "repos/s", f"all processes {pipe.cpu_ms_per_repo:.3f} ms/repo", key="cpu_ceiling_repos_per_s")
             if extra_ids:
                 say(f"worker RSS: {len(extra_ids):,} more repos")
                 overhead.run_pipeline(settings, proc.pid, extra_ids, default, timeout=3600)
