@@ -169,18 +169,11 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
 
 
 def bench_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a worker or CLI subprocess: the run's settings as TAGGER_* variables."""
+    """The environment of a worker or CLI subprocess: every setting of the run as TAGGER_* variables, so
+    that a worker builds the very prompts (budget, shortlist, threads...) its bare twin is compared with."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGER_")}
-    env.update({
-        "TAGGER_DATABASE_URL": settings.database_url,
-        "TAGGER_BROKER_URL": settings.broker_url,
-        "TAGGER_QUEUE": settings.queue,
-        "TAGGER_BACKEND": settings.backend,
-        "TAGGER_BATCH_SIZE": str(settings.batch_size),
-        "TAGGER_LOG_FORMAT": "json",
-        "TAGGER_LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update({f"TAGGER_{name.upper()}": str(value) for name, value in settings.model_dump().items()})
+    env.update({"TAGGER_LOG_FORMAT": "json", "TAGGER_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
 

@@ -73,7 +73,7 @@ def run_bare(settings: Settings, prompts: Prompts) -> tuple[float, list[str], li
 
     from tagger.backends.llamacpp import SEED, _cpu_count, bundled_gguf_path
 
-    threads = _cpu_count()
+    threads = settings.llamacpp_threads or _cpu_count()  # what the backend runs with
     llm = llama_cpp.Llama(model_path=settings.model or bundled_gguf_path(), n_ctx=settings.context_tokens,
                           n_threads=threads, n_threads_batch=threads, seed=SEED, verbose=False)
     grammars: dict[tuple[str, ...], Any] = {}
