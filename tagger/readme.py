@@ -17,12 +17,20 @@ _HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
 _HTML_BLOCK_DROP = re.compile(r"<(script|style|svg)\b.*?</\1\s*>", re.S | re.I)
 _HTML_IMG = re.compile(r"<img\b[^>]*>", re.I)
 _HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-# Markdown links and images are matched within a line: cleaning stays local, so cleaning a README's
-# head gives the head of the cleaned README (prepare_readme relies on it).
-_MD_BADGE = re.compile(r"\[!\[[^\]\n]*\]\([^)\n]*\)\]\([^)\n]*\)")
-_MD_IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)")
-_MD_REF_IMAGE = re.compile(r"!\[[^\]\n]*\]\[[^\]\n]*\]")
-_MD_LINK = re.compile(r"\[([^\]\n]*)\]\([^)\n]*\)")
+
+
+def _within_paragraph(excluded: str) -> str:
+    """A run of any characters but ``excluded``, across line breaks but never across a blank line:
+    Markdown links and images do not span paragraphs, and matching them within one keeps cleaning
+    paragraph-local (prepare_readme relies on it)."""
+    return rf"[^{excluded}\n]*(?:\n(?![ \t]*\n)[^{excluded}\n]*)*"
+
+
+_LINK_TEXT, _LINK_TARGET = _within_paragraph(r"\]"), _within_paragraph(r")")
+_MD_BADGE = re.compile(rf"\[!\[{_LINK_TEXT}\]\({_LINK_TARGET}\)\]\({_LINK_TARGET}\)")
+_MD_IMAGE = re.compile(rf"!\[{_LINK_TEXT}\]\({_LINK_TARGET}\)")
+_MD_REF_IMAGE = re.compile(rf"!\[{_LINK_TEXT}\]\[{_LINK_TEXT}\]")
+_MD_LINK = re.compile(rf"\[({_LINK_TEXT})\]\({_LINK_TARGET}\)")
 _MD_REF_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*\S+.*$", re.M)
 _BARE_URL = re.compile(r"https?://\S+")
 # Anchored on a newline rather than ^ with re.M: a literal first character lets the regex engine
@@ -148,7 +156,7 @@ _FENCE_LINE = re.compile(r"^(?:```|~~~)", re.M)
 
 
 def _cut_inside_construct(text: str) -> bool:
-    """Whether ``text`` (whole lines) stops inside something that spans lines and that cleaning
+    """Whether ``text`` (whole paragraphs) stops inside something that spans lines and that cleaning
     removes or rewrites as a whole: a code fence, an HTML comment, a script/style/svg element or an
     HTML tag. Cut there, its inside would read as prose."""
     if text.rfind("<") > text.rfind(">"):
@@ -168,18 +176,27 @@ def _cut_inside_construct(text: str) -> bool:
     return fence is not None
 
 
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+
+
+def _paragraph_end(text: str, size: int) -> int:
+    """Where the last paragraph that ends within ``text[:size]`` ends (after its blank line); 0: none."""
+    ends = [m.end() for m in _BLANK_LINE.finditer(text, max(0, size // 2), size)]
+    return ends[-1] if ends else 0
+
+
 def prepare_readme(text: str, budget: int) -> str:
     """What the model reads: the cleaned head of the README, within ``budget`` tokens.
 
-    Cleans the README's first lines, more of them until they yield more than the budget: this runs
-    per repo next to the model, and a whole README costs several times what its head does. Cleaning
-    is local to lines except for the constructs :func:`_cut_inside_construct` looks for, so a head
-    cut between lines and outside those cleans to the head of the cleaned whole (tests/test_readme.py
-    checks that the result is the same)."""
+    Cleans the README's first paragraphs, more of them until they yield more than the budget: this
+    runs per repo next to the model, and a whole README costs several times what its head does.
+    Cleaning is local to paragraphs except for the constructs :func:`_cut_inside_construct` looks for,
+    so a head cut after a blank line and outside those cleans to the head of the cleaned whole
+    (tests/test_readme.py checks that the result is the same)."""
     limit = min(len(text), max(budget * _RAW_CHARS_PER_TOKEN, 65_536))
     size = max(budget * _FIRST_SLICE_CHARS_PER_TOKEN, 256)
     while size * 2 <= limit:  # a slice of more than half the text saves less than a retry costs
-        end = text.rfind("\n", 0, size) + 1
+        end = _paragraph_end(text, size)
         if end:
             piece = text[:end]
             cleaned = clean_readme(piece)

@@ -107,9 +107,19 @@ def test_preparing_a_slice_gives_what_the_whole_readme_gives():
         "[![ci](https://img.example/b.svg)](https://ci.example)", "[the docs](https://example.com/docs)",
         '<p align="center">\n<img src="logo.png">\n</p>', "| a | b |\n|---|---|\n| 1 | 2 |\n", "x < 5 and [y",
         "https://example.com/a/very/long/url ", "模型推理 ", "&amp; ", "\n~~~\ncode\n~~~\n",
+        "[a link over\ntwo lines](\nhttps://example.com\n)", "[![badge](\nhttps://img.example\n)](\nhttps://ci\n)",
+        "[not a link\n\nacross a paragraph](x)", "<img\n\nsrc=x>",
     ]
     for _ in range(300):
         readmes.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 120))))
     for text in readmes:
         for budget in (16, 64, 128, 512):
             assert prepare_readme(text, budget) == _prepare_whole(text, budget), (budget, text[:200])
+
+
+def test_links_and_badges_over_several_lines_are_cleaned_but_not_across_paragraphs():
+    text = clean_readme("[![API](\nhttps://img.example/b.svg\n)](\nhttps://pkg.example\n)\n"
+                        "See the [CMake build\ninstructions](CMake/README.md).\n\n[a bracket\n\nthen](text)")
+    assert "https://" not in text and "CMake/README.md" not in text
+    assert "See the CMake build\ninstructions." in text
+    assert "[a bracket" in text  # a blank line ends any link: this bracket is text
