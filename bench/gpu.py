@@ -3,7 +3,8 @@
     python -m bench.gpu --model openbmb/MiniCPM4-0.5B --readmes 2000 [--batch-size 256]
 
 runs the same READMEs (i) through the product's pipeline, in process: PostgreSQL (a database of its
-own) → `process_batch` → the vllm backend → results upserted, batch after batch, and (ii) through a
+own) → `process_batch` → the vllm backend → results upserted, in 2 threads as the worker runs it
+(one batch in the model at a time), and (ii) through a
 bare ``LLM.chat`` over the very same conversations and sampling parameters, and prints repos/s for
 both and their ratio. It needs the 'vllm' extra, a GPU and the PostgreSQL of TAGGER_DATABASE_URL.
 READMEs: --jsonl FILE (lines with "readme"), else the dev set / test fixtures / synthetic ones.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readmes", type=int, default=2000)
     parser.add_argument("--jsonl", help="READMEs to use, JSON Lines with a 'readme' field")
     parser.add_argument("--batch-size", type=int, help="repos per backend call [TAGGER_BATCH_SIZE]")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads running batches around the one model, as `tagger worker --concurrency` [2]")
     args = parser.parse_args(argv)
 
     from db.engine import transaction
@@ -147,10 +151,13 @@ def main(argv: list[str] | None = None) -> None:
             bare_text.extend(o.outputs[0].text for o in outputs)
         bare_s = time.perf_counter() - started
 
+        # The pipeline as `tagger worker` runs it: threads taking batches in turn, one batch in the model
+        # at a time (the engine's lock) while the others read, prepare and write theirs.
         cold_cache()
         started = time.perf_counter()
-        for start in range(0, len(ids), size):
-            process_batch(runtime, ids[start : start + size], f"gpu-bench-{start}")
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(lambda start: process_batch(runtime, ids[start : start + size], f"gpu-bench-{start}"),
+                          range(0, len(ids), size)))
         pipeline_s = time.perf_counter() - started
 
         from db.queries import iter_results
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         tagger.close()
     n = len(rows)
     print(json.dumps({
-        "model": args.model, "readmes": n, "batch_size": size,
+        "model": args.model, "readmes": n, "batch_size": size, "threads": args.threads,
         "bare_repos_per_s": round(n / bare_s, 1), "pipeline_repos_per_s": round(n / pipeline_s, 1),
         "ratio": round(bare_s / pipeline_s, 3), "same_tags": same,
     }))
