@@ -47,7 +47,11 @@ def configure(app: Celery, settings: Settings) -> None:
             SWEEP: {"queue": maintenance},
             REFRESH: {"queue": maintenance},
         },
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s}
+        # kombu restores unacked messages under a Redis lock that expires after 300 s: a worker killed
+        # while holding it (more likely with the threads pool, whose event loop keeps running) would
+        # hold back every restore for that long. It never needs to outlive the timeout it enforces.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
+                                  "unacked_mutex_expire": min(300, settings.visibility_timeout_s)}
         # kombu's in-process broker (the demo) polls, once a second unless told otherwise.
         | ({"polling_interval": 0.05} if settings.broker_url.startswith("memory://") else {}),
         broker_connection_retry_on_startup=True,
