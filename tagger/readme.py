@@ -31,7 +31,7 @@ _MD_BADGE = re.compile(rf"\[!\[{_LINK_TEXT}\]\({_LINK_TARGET}\)\]\({_LINK_TARGET
 _MD_IMAGE = re.compile(rf"!\[{_LINK_TEXT}\]\({_LINK_TARGET}\)")
 _MD_REF_IMAGE = re.compile(rf"!\[{_LINK_TEXT}\]\[{_LINK_TEXT}\]")
 _MD_LINK = re.compile(rf"\[({_LINK_TEXT})\]\({_LINK_TARGET}\)")
-_MD_REF_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*\S+.*$", re.M)
+_MD_REF_DEF = re.compile(r"^[ \t]*\[[^\]\n]+\]:[ \t]*\n?[ \t]*\S+.*$", re.M)  # target may go on the next line
 _BARE_URL = re.compile(r"https?://\S+")
 # Anchored on a newline rather than ^ with re.M: a literal first character lets the regex engine
 # skip ahead to candidate lines (4x faster); clean_readme puts a newline before the first line.

@@ -108,7 +108,7 @@ def test_preparing_a_slice_gives_what_the_whole_readme_gives():
         '<p align="center">\n<img src="logo.png">\n</p>', "| a | b |\n|---|---|\n| 1 | 2 |\n", "x < 5 and [y",
         "https://example.com/a/very/long/url ", "模型推理 ", "&amp; ", "\n~~~\ncode\n~~~\n",
         "[a link over\ntwo lines](\nhttps://example.com\n)", "[![badge](\nhttps://img.example\n)](\nhttps://ci\n)",
-        "[not a link\n\nacross a paragraph](x)", "<img\n\nsrc=x>",
+        "[not a link\n\nacross a paragraph](x)", "<img\n\nsrc=x>", "[ref]: https://x\n", "[a\n\nlabel]: https://y\n",
     ]
     for _ in range(300):
         readmes.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 120))))
