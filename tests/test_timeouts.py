@@ -59,3 +59,29 @@ def test_the_backends_own_exception_handlers_cannot_swallow_the_limit():
 
 def test_no_limit_means_no_timer():
     assert _in_a_thread(call_with_timeout, 0, _python_loop, 0.01) == "done"
+
+
+@pytest.mark.slow
+def test_llamacpp_in_a_worker_thread_is_interrupted_and_works_afterwards():
+    """The threads pool's case end to end: the limit reaches llama-cpp-python's decoding loop from a
+    watchdog, the backend resets its KV cache, and the next call tags normally."""
+    pytest.importorskip("llama_cpp")
+    from tagger.backends.llamacpp import LlamaCppTagger
+    from tagger.engine import Tagged, TaggingEngine
+    from tagger.settings import get_settings
+    from tagger.taxonomy import Taxonomy
+    from tests.helpers import READMES
+
+    settings = get_settings()
+    backend = LlamaCppTagger.from_settings(settings)
+    try:
+        engine = TaggingEngine.from_settings(backend, Taxonomy.load(settings.taxonomy_file), settings)
+        readme = (READMES / "7462.md").read_text(encoding="utf-8")
+        engine.timeout_s = 0.2  # the fixed prompt's first evaluation alone takes longer
+        with pytest.raises(BackendTimeout):
+            _in_a_thread(engine.tag, [readme])
+        engine.timeout_s = 0
+        (tagged,) = _in_a_thread(engine.tag, [readme])
+        assert isinstance(tagged, Tagged) and 1 <= len(tagged.tags) <= 3
+    finally:
+        backend.close()
