@@ -48,8 +48,8 @@ def configure(app: Celery, settings: Settings) -> None:
             REFRESH: {"queue": maintenance},
         },
         # kombu restores unacked messages under a Redis lock that expires after 300 s: a worker killed
-        # while holding it (more likely with the threads pool, whose event loop keeps running) would
-        # hold back every restore for that long. It never needs to outlive the timeout it enforces.
+        # while holding it would hold back every restore that long. It never needs to outlive the
+        # timeout it enforces.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
                                   "unacked_mutex_expire": min(300, settings.visibility_timeout_s)}
         # kombu's in-process broker (the demo) polls, once a second unless told otherwise.
