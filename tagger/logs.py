@@ -31,7 +31,9 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line: print() writes the line and its newline apart, and a line that logging
+        # writes from another thread (Celery's, in the threads pool) could land in between.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries log at WARNING and above, rendered like our own lines (the event is their message).

@@ -47,3 +47,34 @@ def test_worker_logs_json_lines_with_task_and_repo_context(env, tmp_path):
                 json.loads(line)
             continue
         assert not re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)[ :]|\[\d{4}-", line), line
+
+
+def test_lines_from_several_threads_and_libraries_never_interleave(tmp_path):
+    """The threads pool logs from several threads at once, ours through structlog and Celery's through
+    logging: every line must still be one whole JSON object."""
+    import subprocess
+    import sys
+
+    script = """
+import logging, threading
+import structlog
+from tagger.logs import configure_logging
+configure_logging("INFO", "json")
+ours, theirs = structlog.get_logger("tagger.worker"), logging.getLogger("celery.app.trace")
+def log_ours(n):
+    for i in range(2000):
+        ours.warning("dead_lettered", repo_id=f"r{n}-{i}", message="x" * 200)
+def log_theirs():
+    for i in range(2000):
+        theirs.warning("Task tagger.tag_batch[%s] succeeded", i)
+threads = [threading.Thread(target=log_ours, args=(n,)) for n in range(2)] + [threading.Thread(target=log_theirs)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"""
+    out = tmp_path / "log.jsonl"
+    with open(out, "wb") as stderr:
+        subprocess.run([sys.executable, "-c", script], stderr=stderr, check=True, timeout=120)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    parsed = [json.loads(line) for line in lines]  # raises on any torn or joined line
+    assert len(parsed) == 6000
+    assert sum(1 for p in parsed if p["event"] == "dead_lettered") == 4000
