@@ -37,10 +37,6 @@ def get_engine(url: str) -> Engine:
     )
 
 
-def is_postgres(conn: Connection | Engine) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Driver errors → DatabaseUnavailable (retry) or InputError (bad data, no retry)."""

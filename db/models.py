@@ -1,4 +1,4 @@
-"""The schema. Alembic migrations must match it (tests/test_migrations.py checks).
+"""The schema. Alembic migrations must match it (tests/integration/test_migrations.py checks).
 
 Types are portable (JSON, not ARRAY) so the embedded demo runs the same code on SQLite.
 """

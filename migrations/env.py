@@ -6,10 +6,10 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from db.models import metadata
-from tagger.settings import get_settings
+from tagger.settings import load_settings
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
+url = config.get_main_option("sqlalchemy.url") or load_settings().database_url
 
 
 def run_migrations_offline() -> None:

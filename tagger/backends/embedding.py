@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from tagger.answer import MAX_TAGS
 from tagger.backends import Generation
+from tagger.embeddings import DEFAULT_EMBEDDING_MODEL, TagRanker
 from tagger.prompt import Prompt
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 
-MAX_TAGS = 3
 # A second or third tag is kept only within this cosine distance of the best one: READMEs have 1.6
 # tags on average, and always answering three would trade much precision for little recall.
 DEFAULT_MARGIN = 0.03
@@ -25,8 +26,6 @@ class EmbeddingTagger:
     name = "embedding"
 
     def __init__(self, taxonomy: Taxonomy, model_path: str = "", *, margin: float = DEFAULT_MARGIN) -> None:
-        from tagger.embeddings import DEFAULT_EMBEDDING_MODEL, TagRanker
-
         self.ranker = TagRanker(taxonomy, model_path)
         self.model = model_path.rstrip("/").rsplit("/", 1)[-1] if model_path else DEFAULT_EMBEDDING_MODEL
         self.margin = margin

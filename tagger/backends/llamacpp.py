@@ -69,7 +69,7 @@ def bundled_gguf_path() -> str:
     raise ConfigError(f"{BUNDLED_DISTRIBUTION} is installed but contains no .gguf file")
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))  # the CPUs this process may use (containers, taskset)
     except AttributeError:  # not on Linux
@@ -98,7 +98,7 @@ class LlamaCppTagger:
         self.model = Path(model_path).name.removesuffix(".gguf")
         self.max_new_tokens = max_new_tokens
         self.seed = seed
-        threads = n_threads or _cpu_count()
+        threads = n_threads or cpu_count()
         try:
             self._llm: Llama | None = llama_cpp.Llama(
                 model_path=model_path,
@@ -137,6 +137,14 @@ class LlamaCppTagger:
         # reuse from the KV cache to its first eval() call, then one call per sampled token.
         self._eval_calls: list[int] = []
         self._llm.eval = _counting(self._llm.eval, self._eval_calls)  # type: ignore[method-assign,assignment]
+
+    @classmethod
+    def recorded_model(cls, settings: Settings) -> str:
+        """The GGUF file's name, as the loaded tagger records it."""
+        try:
+            return Path(settings.model or bundled_gguf_path()).name.removesuffix(".gguf")
+        except ConfigError:
+            return settings.model or "SmolLM2-135M-Instruct"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppTagger:
