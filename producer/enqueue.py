@@ -33,13 +33,12 @@ from db.queries import (
     page_repo_ids,
     try_advisory_lock,
 )
-from producer.queue import queue_depth
 from tagger.backends import configured_model
 from tagger.engine import configured_prompt_version
 from tagger.errors import BrokerUnavailable, InputError
 from tagger.ids import validate_repo_id
 from tagger.settings import Settings
-from workers.app import TAG_BATCH, app_for
+from workers.contract import TAG_BATCH, create_app, queue_depth
 
 log = structlog.get_logger("tagger.producer")
 
@@ -122,7 +121,7 @@ class Sender:
 
     def __init__(self, settings: Settings, on_pause: Callable[[int], None] | None = None) -> None:
         self.settings = settings
-        self.app = app_for(settings.broker_url, settings.queue)
+        self.app = create_app(settings)
         self.on_pause = on_pause
         self.report = EnqueueReport()
         self._since_check: int | None = None  # None: check before the first message

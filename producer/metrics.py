@@ -14,10 +14,9 @@ from prometheus_client.registry import Collector
 
 from db.engine import transaction
 from db.queries import job_state_counts, status_counts, tag_rate
-from producer.queue import queue_depth
 from tagger.errors import TaggerError
 from tagger.settings import Settings
-from workers.app import maintenance_queue
+from workers.contract import maintenance_queue, queue_depth
 
 log = structlog.get_logger("tagger.metrics")
 

@@ -1,16 +1,20 @@
-"""One batch, start to finish: read READMEs in one query, tag them in one backend call, write every
-outcome in one transaction. Free of Celery, so the demo and the benchmarks run the very same code."""
+"""One batch, start to finish: read READMEs in one query, tag them in one backend call, decide each
+repo's fate (:func:`plan_batch`, pure), write every outcome in one transaction (:func:`write_plan`).
+Free of Celery, so the demo and the benchmarks run the very same code."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from sqlalchemy import Connection
 
 from db.engine import transaction
 from db.queries import (
+    ReadmeRow,
     delete_dead_letters,
     fetch_readmes,
     job_attempts,
@@ -19,108 +23,174 @@ from db.queries import (
     schedule_retries,
     upsert_results,
 )
-from tagger.engine import Tagged
+from tagger.engine import Tagged, TaggingEngine
 from tagger.errors import BackendUnavailable, RepoNotFound, TaggerError
-from workers.retry import DeadLetter, Decision, Retry, RetryPolicy, backoff, decide
+from workers.retry import GiveUp, Retry, RetryPolicy, backoff, decide
 from workers.runtime import Runtime
 
 log = structlog.get_logger("tagger.worker")
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedRetry:
+    repo_id: str
+    attempts: int
+    delay_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDeadLetter:
+    repo_id: str
+    error_class: str
+    message: str
+    attempts: int
+
+
 @dataclass
-class BatchOutcome:
-    tagged: list[str] = field(default_factory=list)
-    retry_ids: list[str] = field(default_factory=list)
-    retry_delay_s: float = 0.0
-    dead: list[str] = field(default_factory=list)
+class BatchPlan:
+    """What happens to each repo of a batch: a result, a retry, or a dead letter."""
+
+    results: dict[str, Tagged] = field(default_factory=dict)
+    retries: list[PlannedRetry] = field(default_factory=list)
+    dead_letters: list[PlannedDeadLetter] = field(default_factory=list)
     # The backend call failed as a whole for several repos: retry them in halves, so one README that
     # breaks the call ends up alone and takes the blame (and the attempts) by itself.
     split_retry: bool = False
 
+    @property
+    def tagged(self) -> list[str]:
+        return sorted(self.results)
 
-def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None) -> BatchOutcome:
-    """Raises only for faults of the whole batch (database down); per-repo failures are recorded."""
-    settings = runtime.settings
-    ids = sorted(set(repo_ids))
-    with transaction(settings.database_url) as conn:
-        rows = fetch_readmes(conn, ids)
-    found = [i for i in ids if i in rows]
+    @property
+    def retry_ids(self) -> list[str]:
+        return [r.repo_id for r in self.retries]
 
-    failures: dict[str, TaggerError] = {
-        i: RepoNotFound(f"repo {i!r} is not in the index") for i in ids if i not in rows
-    }
-    tagged: dict[str, Tagged] = {}
+    @property
+    def retry_delay_s(self) -> float:
+        return max((r.delay_s for r in self.retries), default=0.0)
+
+    @property
+    def dead(self) -> list[str]:
+        return [d.repo_id for d in self.dead_letters]
+
+
+@dataclass(frozen=True, slots=True)
+class TaggingOutcome:
+    """What the model made of a batch: a result or an error per repo, and the error that failed the
+    whole call for several repos at once, if one did."""
+
+    per_repo: dict[str, Tagged | TaggerError]
     shared_failure: TaggerError | None = None
-    if found:
-        try:
-            outcomes = runtime.engine.tag([rows[i].readme for i in found])
-        except Exception as exc:  # the whole call failed: every repo in it failed the same way
-            # Any kind, not only transient ones: a crash must count attempts per repo and end in dead
-            # letters, not fail the message again and again each time the sweeper re-sends it.
-            error = exc if isinstance(exc, TaggerError) else BackendUnavailable(f"{type(exc).__name__}: {exc}")
-            outcomes = [error] * len(found)
-            if len(found) > 1:
-                shared_failure = error
-        for repo_id, tagged_or_error in zip(found, outcomes, strict=True):
-            if isinstance(tagged_or_error, Tagged):
-                tagged[repo_id] = tagged_or_error
-            else:
-                failures[repo_id] = tagged_or_error
 
-    outcome = BatchOutcome(tagged=sorted(tagged), split_retry=shared_failure is not None)
-    config = runtime.configuration
-    policy = RetryPolicy(settings.max_attempts, settings.retry_base_s, settings.retry_max_s)
-    with transaction(settings.database_url) as conn:
-        upsert_results(
-            conn,
-            [
-                {
-                    "repo_id": repo_id,
-                    "tag_ids": [t.id for t in result.tags],
-                    **config,
-                    "readme_hash": rows[repo_id].readme_hash,
-                    "readme_version": rows[repo_id].readme_version,
-                    # PostgreSQL text cannot hold NUL: one odd answer must not fail the whole write.
-                    "raw_output": result.raw.replace("\x00", ""),
-                    "latency_ms": result.latency_ms,
-                }
-                for repo_id, result in tagged.items()
-            ],
-        )
-        mark_done(conn, outcome.tagged, task_id)
-        delete_dead_letters(conn, [i for i in outcome.tagged if rows[i].dead_lettered])
 
-        attempts = job_attempts(conn, sorted(failures)) if failures else {}
-        retries: list[tuple[str, int, float, str]] = []
-        letters: list[dict[str, Any]] = []
-        for repo_id, error in sorted(failures.items()):
-            if error is shared_failure:
-                # Not counted: the failure may be a neighbour's. Bisection isolates it in log2(n) rounds.
-                attempt = attempts.get(repo_id, 0)
-                decision: Decision = Retry(backoff(attempt + 1, policy))
-            else:
-                attempt = attempts.get(repo_id, 0) + 1
-                decision = decide(attempt, error, policy)
-            if isinstance(decision, DeadLetter):
-                letters.append(
-                    {"repo_id": repo_id, "error_class": type(error).__name__, "message": str(error),
-                     "attempts": attempt}
-                )
-                outcome.dead.append(repo_id)
-            else:
-                retries.append((repo_id, attempt, decision.delay_s, f"{type(error).__name__}: {error}"))
-                outcome.retry_ids.append(repo_id)
-                outcome.retry_delay_s = max(outcome.retry_delay_s, decision.delay_s)
-        schedule_retries(conn, retries, task_id)
-        record_dead_letters(conn, letters, task_id)
+def tag_found(engine: TaggingEngine, ids: Sequence[str], readmes: Mapping[str, ReadmeRow]) -> TaggingOutcome:
+    """Tag the repos of ``ids`` found in ``readmes`` with one engine call; the missing ones fail alone."""
+    per_repo: dict[str, Tagged | TaggerError] = {
+        i: RepoNotFound(f"repo {i!r} is not in the index") for i in ids if i not in readmes
+    }
+    found = [i for i in ids if i in readmes]
+    if not found:
+        return TaggingOutcome(per_repo)
+    try:
+        outcomes = engine.tag([readmes[i].readme for i in found])
+    except Exception as exc:  # the whole call failed: every repo in it failed the same way
+        # Any kind, not only transient ones: a crash must count attempts per repo and end in dead
+        # letters, not fail the message again and again each time the sweeper re-sends it.
+        error = exc if isinstance(exc, TaggerError) else BackendUnavailable(f"{type(exc).__name__}: {exc}")
+        per_repo.update(dict.fromkeys(found, error))
+        return TaggingOutcome(per_repo, error if len(found) > 1 else None)
+    per_repo.update(zip(found, outcomes, strict=True))
+    return TaggingOutcome(per_repo)
 
-    for repo_id, result in tagged.items():
+
+def plan_batch(
+    tagging: TaggingOutcome,
+    attempts_so_far: Mapping[str, int],
+    policy: RetryPolicy,
+    rand: Callable[[], float] = random.random,
+) -> BatchPlan:
+    """Each repo's fate, decided from its outcome and its failed attempts so far. Pure."""
+    plan = BatchPlan(split_retry=tagging.shared_failure is not None)
+    for repo_id, outcome in sorted(tagging.per_repo.items()):
+        if isinstance(outcome, Tagged):
+            plan.results[repo_id] = outcome
+            continue
+        if outcome is tagging.shared_failure:
+            # Not counted: the failure may be a neighbour's. Bisection isolates it in log2(n) rounds.
+            attempts = attempts_so_far.get(repo_id, 0)
+            decision: Retry | GiveUp = Retry(backoff(attempts + 1, policy, rand))
+        else:
+            attempts = attempts_so_far.get(repo_id, 0) + 1
+            decision = decide(attempts, outcome, policy, rand)
+        if isinstance(decision, GiveUp):
+            plan.dead_letters.append(PlannedDeadLetter(repo_id, type(outcome).__name__, str(outcome), attempts))
+        else:
+            plan.retries.append(
+                PlannedRetry(repo_id, attempts, decision.delay_s, f"{type(outcome).__name__}: {outcome}")
+            )
+    return plan
+
+
+def write_plan(
+    conn: Connection,
+    plan: BatchPlan,
+    readmes: Mapping[str, ReadmeRow],
+    configuration: Mapping[str, object],
+    task_id: str | None,
+) -> None:
+    """Every outcome of the batch, in the caller's transaction."""
+    upsert_results(
+        conn,
+        [
+            {
+                "repo_id": repo_id,
+                "tag_ids": [t.id for t in result.tags],
+                **configuration,
+                "readme_hash": readmes[repo_id].readme_hash,
+                "readme_version": readmes[repo_id].readme_version,
+                # PostgreSQL text cannot hold NUL: one odd answer must not fail the whole write.
+                "raw_output": result.raw.replace("\x00", ""),
+                "latency_ms": result.latency_ms,
+            }
+            for repo_id, result in plan.results.items()
+        ],
+    )
+    mark_done(conn, plan.tagged, task_id)
+    delete_dead_letters(conn, [i for i in plan.tagged if readmes[i].dead_lettered])
+    schedule_retries(conn, [(r.repo_id, r.attempts, r.delay_s, r.reason) for r in plan.retries], task_id)
+    letters: list[dict[str, Any]] = [
+        {"repo_id": d.repo_id, "error_class": d.error_class, "message": d.message, "attempts": d.attempts}
+        for d in plan.dead_letters
+    ]
+    record_dead_letters(conn, letters, task_id)
+
+
+def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None) -> BatchPlan:
+    """Raises only for faults of the whole batch (database down); per-repo failures are recorded."""
+    url = runtime.settings.database_url
+    ids = sorted(set(repo_ids))
+    with transaction(url) as conn:
+        readmes = fetch_readmes(conn, ids)
+    tagging = tag_found(runtime.engine, ids, readmes)
+    failed = [i for i, outcome in tagging.per_repo.items() if not isinstance(outcome, Tagged)]
+    with transaction(url) as conn:
+        # Read in the transaction that writes them: a redelivered copy of this batch cannot double-count.
+        attempts = job_attempts(conn, sorted(failed)) if failed else {}
+        plan = plan_batch(tagging, attempts, runtime.retry_policy)
+        write_plan(conn, plan, readmes, runtime.configuration, task_id)
+    _log_plan(plan, task_id)
+    return plan
+
+
+def _log_plan(plan: BatchPlan, task_id: str | None) -> None:
+    for repo_id, result in plan.results.items():
         log.debug("repo_tagged", repo_id=repo_id, tags=[t.name for t in result.tags],
                   latency_ms=round(result.latency_ms, 1), prompt_tokens=result.prompt_tokens,
                   evaluated_tokens=result.evaluated_tokens)
-    for repo_id, attempt, delay, reason in retries:
-        log.info("task_retry", repo_id=repo_id, task_id=task_id, attempt=attempt, delay_s=round(delay, 2), error=reason)
-    for letter in letters:
-        log.warning("dead_lettered", repo_id=letter["repo_id"], task_id=task_id, error_class=letter["error_class"],
-                    attempts=letter["attempts"], message=letter["message"][:300])
-    return outcome
+    for retry in plan.retries:
+        log.info("task_retry", repo_id=retry.repo_id, task_id=task_id, attempt=retry.attempts,
+                 delay_s=round(retry.delay_s, 2), error=retry.reason)
+    for letter in plan.dead_letters:
+        log.warning("dead_lettered", repo_id=letter.repo_id, task_id=task_id, error_class=letter.error_class,
+                    attempts=letter.attempts, message=letter.message[:300])

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tagger.errors import BrokerUnavailable, DatabaseUnavailable, MalformedOutput, PermanentError
+from tagger.settings import Settings
 
 # Malformed model output already had one repair attempt (tagger.answer); it gets one more model
 # call, then goes to the dead-letter table.
@@ -22,6 +23,10 @@ class RetryPolicy:
     base_s: float = 2.0
     max_s: float = 300.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.retry_base_s, settings.retry_max_s)
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
@@ -29,11 +34,13 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class GiveUp:
+    """Stop retrying: the repo goes to the dead-letter table (or, for a whole message, to the sweeper)."""
+
     reason: str
 
 
-Decision = Retry | DeadLetter
+Decision = Retry | GiveUp
 
 
 def backoff(attempts: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
@@ -47,7 +54,7 @@ def decide(
 ) -> Decision:
     """What to do after ``attempts`` failed attempts (this one included) ended in ``error``."""
     if isinstance(error, PermanentError):
-        return DeadLetter(f"permanent: {type(error).__name__}")
+        return GiveUp(f"permanent: {type(error).__name__}")
     if isinstance(error, (DatabaseUnavailable, BrokerUnavailable)):
         limit = INFRASTRUCTURE_MAX_ATTEMPTS
     elif isinstance(error, MalformedOutput):
@@ -55,5 +62,5 @@ def decide(
     else:  # transient by kind, or unexpected: a few attempts before a person has to look
         limit = policy.max_attempts
     if attempts >= limit:
-        return DeadLetter(f"gave up after {attempts} attempts: {type(error).__name__}")
+        return GiveUp(f"gave up after {attempts} attempts: {type(error).__name__}")
     return Retry(backoff(attempts, policy, rand))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import structlog
@@ -12,7 +11,8 @@ from db.queries import current_taxonomy_version, load_taxonomy
 from tagger.backends import Tagger, create_tagger
 from tagger.engine import TaggingEngine
 from tagger.errors import ConfigError
-from tagger.settings import Settings, get_settings
+from tagger.settings import Settings
+from workers.retry import RetryPolicy
 
 log = structlog.get_logger("tagger.worker")
 
@@ -23,9 +23,12 @@ class Runtime:
     tagger: Tagger
     engine: TaggingEngine
     taxonomy_version: int
+    retry_policy: RetryPolicy
 
     @classmethod
     def start(cls, settings: Settings, tagger: Tagger | None = None) -> Runtime:
+        """Check the database, then load the model: a worker that cannot work fails here, before it
+        takes any message."""
         with transaction(settings.database_url) as conn:
             version = current_taxonomy_version(conn)
             if version is None:
@@ -37,7 +40,7 @@ class Runtime:
             "worker_model_loaded", backend=tagger.name, model=tagger.model, taxonomy_version=version,
             prompt_version=engine.prompt_version,
         )
-        return cls(settings, tagger, engine, version)
+        return cls(settings, tagger, engine, version, RetryPolicy.from_settings(settings))
 
     @property
     def configuration(self) -> dict[str, object]:
@@ -49,24 +52,5 @@ class Runtime:
             "taxonomy_version": self.taxonomy_version,
         }
 
-
-_runtime: Runtime | None = None
-_lock = threading.Lock()
-
-
-def get_runtime() -> Runtime:
-    """The process's runtime, loading the model on first use (the startup hook calls this early)."""
-    global _runtime
-    with _lock:
-        if _runtime is None:
-            _runtime = Runtime.start(get_settings())
-        return _runtime
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Install a runtime built elsewhere (the embedded demo, benchmarks)."""
-    global _runtime
-    with _lock:
-        if _runtime is not None and _runtime is not runtime:
-            _runtime.tagger.close()
-        _runtime = runtime
+    def close(self) -> None:
+        self.tagger.close()

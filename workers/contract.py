@@ -1,16 +1,27 @@
-"""The Celery app: JSON only, late acks, one message at a time per worker process."""
+"""The message contract between producers and workers, in one place: task names, queues, the Celery
+app every process builds from its settings, and the broker client that reads queue depths.
+
+JSON only, late acks, one message at a time per worker process. A tagging message is a list of repo
+ids; Postgres, not the message, says what a repo needs.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+import redis
 from celery import Celery
 
-from tagger.settings import Settings, get_settings
+from tagger.errors import BrokerUnavailable
+from tagger.settings import Settings
 
 TAG_BATCH = "tagger.tag_batch"
 SWEEP = "tagger.sweep"
 REFRESH = "tagger.refresh_stale"
+
+# Kombu's Redis transport keeps one list per priority step: "queue", "queue\x06\x163", ... A queue's
+# depth is the sum of them all.
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def maintenance_queue(queue: str) -> str:
@@ -19,18 +30,12 @@ def maintenance_queue(queue: str) -> str:
     return f"{queue}.maintenance"
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    app = Celery("repo_tagger", broker=settings.broker_url, include=["workers.tasks"])
-    configure(app, settings)
-    return app
-
-
-def configure(app: Celery, settings: Settings) -> None:
-    """Apply ``settings`` to ``app``; the embedded demo re-points the app at its own URLs with it."""
+def create_app(settings: Settings) -> Celery:
+    """An app speaking the contract with ``settings``' broker and queue. Producers send with it as it is;
+    workers and beat register their tasks on it."""
+    app = Celery("repo_tagger", broker=settings.broker_url)
     maintenance = maintenance_queue(settings.queue)
     app.conf.update(
-        broker_url=settings.broker_url,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -56,6 +61,9 @@ def configure(app: Celery, settings: Settings) -> None:
         | ({"polling_interval": 0.05} if settings.broker_url.startswith("memory://") else {}),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # Our log lines go to whatever sys.stderr is when they are written (tagger.logs); Celery's swapping
+        # it for a logging proxy would loop them back into logging, where they are lost.
+        worker_redirect_stdouts=False,
         worker_send_task_events=True,
         task_send_sent_event=False,
         enable_utc=True,
@@ -67,12 +75,30 @@ def configure(app: Celery, settings: Settings) -> None:
                               "options": {"queue": maintenance, "expires": float(settings.refresh_interval_s)}},
         },
     )
+    return app
 
 
-@lru_cache(maxsize=8)
-def app_for(broker_url: str, queue: str) -> Celery:
-    """An app for sending to ``broker_url`` (producers, which may be configured apart from the env)."""
-    return create_app(get_settings().model_copy(update={"broker_url": broker_url, "queue": queue}))
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://", "unix://"))
 
 
-app = create_app()
+@lru_cache(maxsize=4)
+def broker_client(broker_url: str) -> redis.Redis:
+    """A Redis client of the broker (queue depths, beat's leader lock); one per URL and process."""
+    try:
+        return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    except ValueError as exc:
+        raise BrokerUnavailable(f"not a Redis broker URL: {broker_url!r}: {exc}") from exc
+
+
+def queue_depth(broker_url: str, queue: str) -> int:
+    """Messages (batches) waiting in the queue, not counting those a worker holds."""
+    if not is_redis(broker_url):
+        return 0  # in-process broker of the demo: nothing waits outside the process
+    try:
+        pipe = broker_client(broker_url).pipeline(transaction=False)
+        for suffix in PRIORITY_SUFFIXES:
+            pipe.llen(queue + suffix)
+        return int(sum(pipe.execute()))
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"cannot read queue depth from {broker_url}: {exc}") from exc

@@ -23,10 +23,13 @@ import uuid
 
 import redis
 import structlog
+from celery import Celery
 from celery.beat import EmbeddedService
 
+from producer.enqueue import enqueue_selection, sweep_stuck
 from tagger.errors import BrokerUnavailable
 from tagger.settings import Settings
+from workers.contract import REFRESH, SWEEP, broker_client, create_app, is_redis, maintenance_queue
 
 log = structlog.get_logger("tagger.beat")
 
@@ -107,16 +110,29 @@ def wait_for_leadership(lock: LeaderLock, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+def create_beat_app(settings: Settings) -> Celery:
+    """The contract's app with the scheduled tasks on it, for the maintenance worker inside `tagger beat`."""
+    app = create_app(settings)
+
+    @app.task(name=SWEEP, ignore_result=True)
+    def sweep() -> int:
+        # A sweep already running (another beat, a person) covers this one: skip rather than wait.
+        return sweep_stuck(settings, wait=False)
+
+    @app.task(name=REFRESH, ignore_result=True)
+    def refresh_stale() -> int:
+        return enqueue_selection(settings, "stale", wait=False).sent
+
+    return app
+
+
 def run_beat(settings: Settings, loglevel: str) -> int:
     """Wait for leadership, then run beat and the maintenance worker until stopped. The exit status:
     0 when stopped, 1 when leadership was lost (a supervisor restarts us, as a standby)."""
-    from workers.app import app, maintenance_queue
-
-    try:
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
-    except ValueError as exc:
-        raise BrokerUnavailable(f"`tagger beat` needs a Redis broker, not {settings.broker_url!r}: {exc}") from exc
-    lock = LeaderLock(client, lock_key(settings.queue), settings.beat_lock_ttl_s)
+    if not is_redis(settings.broker_url):
+        raise BrokerUnavailable(f"`tagger beat` needs a Redis broker, not {settings.broker_url!r}")
+    app = create_beat_app(settings)
+    lock = LeaderLock(broker_client(settings.broker_url), lock_key(settings.queue), settings.beat_lock_ttl_s)
     # A standby asks often (one cheap SET NX): a released lock is taken over within a couple of seconds.
     wait_for_leadership(lock, poll_s=min(2.0, settings.beat_lock_ttl_s / 3))
     log.info("beat_leader", key=lock.key, sweep_interval_s=settings.sweep_interval_s,
