@@ -17,6 +17,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cli ./cli
 COPY tagger ./tagger
 COPY db ./db
 COPY workers ./workers
@@ -44,6 +45,7 @@ FROM ${VLLM_IMAGE} AS gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cli ./cli
 COPY tagger ./tagger
 COPY db ./db
 COPY workers ./workers

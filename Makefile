@@ -25,6 +25,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install services lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)

@@ -29,14 +29,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from db.engine import get_engine, transaction
+from db.migrate import upgrade
 from db.queries import upsert_repos
+from tagger.keywords import phrases_by_tag
+from tagger.samples import sample_rows
 from tagger.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_READMES = ROOT / "tests" / "fixtures" / "readmes"
 # Read at run time only, when present: real READMEs give real token counts.
 DEV_SET = ROOT.parent / "shared" / "data" / "dev.jsonl"
-TAGGER = [sys.executable, "-m", "tagger"]
+TAGGER = [sys.executable, "-m", "cli"]
 PAGE = 2000
 
 
@@ -85,8 +87,6 @@ def admin_url(base_url: str) -> str:
 @contextmanager
 def bench_database(base_url: str, taxonomy_file: Path) -> Iterator[str]:
     """A database of this run (tagger_bench_<random>), migrated, with the taxonomy; dropped after."""
-    from db.migrate import upgrade
-
     name = f"tagger_bench_{uuid.uuid4().hex[:10]}"
     url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
     try:
@@ -291,9 +291,7 @@ def synthetic_readme(rng: random.Random, phrases: Sequence[str]) -> str:
 def synthetic_rows(prefix: str, n: int, seed: int = 5, distinct: int = 2000) -> Iterator[dict[str, str]]:
     """``n`` repos ``<prefix>000001``...; READMEs cycle over ``distinct`` generated ones (a per-repo
     line keeps every README's hash distinct)."""
-    from tagger.backends.keyword import _phrases_by_tag
-
-    phrases = sorted({p for ps in _phrases_by_tag().values() for p in ps})
+    phrases = sorted({p for ps in phrases_by_tag().values() for p in ps})
     rng = random.Random(seed)
     readmes = [synthetic_readme(rng, phrases) for _ in range(min(n, distinct))]
     for i in range(n):
@@ -321,7 +319,7 @@ def insert_repos(url: str, rows: Iterator[dict[str, str]]) -> list[str]:
 
 def sample_readmes(n: int) -> tuple[list[dict[str, str]], str]:
     """``n`` real-world READMEs for the model path: the dev set when present (read at run time),
-    then the test fixtures, topped up with synthetic ones. (rows, where they came from)"""
+    then the samples the package ships, topped up with synthetic ones. (rows, where they came from)"""
     rows: list[dict[str, str]] = []
     sources = []
     if DEV_SET.is_file():
@@ -331,11 +329,10 @@ def sample_readmes(n: int) -> tuple[list[dict[str, str]], str]:
             record = json.loads(line)
             rows.append({"id": f"dev{number:04d}", "name": record.get("repo", ""), "readme": record["readme"]})
         sources.append(f"{len(rows)} from {DEV_SET.name}")
-    if len(rows) < n and FIXTURE_READMES.is_dir():
-        before = len(rows)
-        for path in sorted(FIXTURE_READMES.glob("*.md"))[: n - len(rows)]:
-            rows.append({"id": f"fx{path.stem}", "name": path.stem, "readme": path.read_text(encoding="utf-8")})
-        sources.append(f"{len(rows) - before} test fixtures")
+    if len(rows) < n:
+        shipped = sample_rows()[: n - len(rows)]
+        rows.extend({**r, "id": f"sample{r['id']}"} for r in shipped)
+        sources.append(f"{len(shipped)} shipped samples")
     if len(rows) < n:
         missing = n - len(rows)
         rows.extend(synthetic_rows("syn", missing, seed=11))

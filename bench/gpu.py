@@ -7,7 +7,7 @@ own) → `process_batch` → the vllm backend → results upserted, in 2 threads
 (one batch in the model at a time), and (ii) through a
 bare ``LLM.chat`` over the very same conversations and sampling parameters, and prints repos/s for
 both and their ratio. It needs the 'vllm' extra, a GPU and the PostgreSQL of TAGGER_DATABASE_URL.
-READMEs: --jsonl FILE (lines with "readme"), else the dev set / test fixtures / synthetic ones.
+READMEs: --jsonl FILE (lines with "readme"), else the dev set / shipped samples / synthetic ones.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from db.engine import transaction
+from db.queries import iter_results
+from tagger.answer import parse_answer
+from tagger.backends.vllm import VLLMTagger
+from tagger.settings import Settings
+from workers.batch import process_batch
+from workers.runtime import Runtime
 
 from . import Report, bench_database, insert_repos, sample_readmes
 
@@ -110,13 +118,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads running batches around the one model, as `tagger worker --concurrency` [2]")
     args = parser.parse_args(argv)
 
-    from db.engine import transaction
-    from tagger.answer import parse_answer
-    from tagger.backends.vllm import VLLMTagger
-    from tagger.settings import Settings
-    from workers.batch import process_batch
-    from workers.runtime import Runtime
-
     base = Settings()
     settings = base.model_copy(update={"backend": "vllm", "model": args.model,
                                        "batch_size": args.batch_size or base.batch_size})
@@ -159,8 +160,6 @@ def main(argv: list[str] | None = None) -> None:
             list(pool.map(lambda start: process_batch(runtime, ids[start : start + size], f"gpu-bench-{start}"),
                           range(0, len(ids), size)))
         pipeline_s = time.perf_counter() - started
-
-        from db.queries import iter_results
 
         with transaction(url) as conn:
             stored = dict(iter_results(conn))

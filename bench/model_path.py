@@ -16,6 +16,8 @@ from db.engine import transaction
 from db.queries import iter_results
 from producer.enqueue import enqueue_ids
 from tagger.answer import answer_schema_json, parse_answer
+from tagger.backends.llamacpp import SEED, LlamaCppTagger, bundled_gguf_path, cpu_count
+from tagger.engine import TaggingEngine
 from tagger.errors import TaggerError
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
@@ -51,9 +53,6 @@ class Prompts:
 def prompt_token_lists(settings: Settings, taxonomy: Taxonomy, readmes: Sequence[str]) -> Prompts:
     """The exact prompts the worker will build (the engine's cleaning, shortlist and prompt) as the
     exact tokens its backend feeds llama.cpp, with the fixed head's and each README part's length."""
-    from tagger.backends.llamacpp import LlamaCppTagger
-    from tagger.engine import TaggingEngine
-
     backend = LlamaCppTagger.from_settings(settings)
     try:
         engine = TaggingEngine.from_settings(backend, taxonomy, settings)
@@ -71,9 +70,7 @@ def run_bare(settings: Settings, prompts: Prompts) -> tuple[float, list[str], li
     does) and sampling, the prompts in order."""
     import llama_cpp
 
-    from tagger.backends.llamacpp import SEED, _cpu_count, bundled_gguf_path
-
-    threads = settings.llamacpp_threads or _cpu_count()  # what the backend runs with
+    threads = settings.llamacpp_threads or cpu_count()  # what the backend runs with
     llm = llama_cpp.Llama(model_path=settings.model or bundled_gguf_path(), n_ctx=settings.context_tokens,
                           n_threads=threads, n_threads_batch=threads, seed=SEED, verbose=False)
     grammars: dict[tuple[str, ...], Any] = {}

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from producer.queue import queue_depth
 from tagger.settings import Settings
+from workers.contract import queue_depth
 
 from . import ROOT, TAGGER, bench_env, proc_rss_kib, redis_info
 

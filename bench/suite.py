@@ -6,7 +6,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,23 +50,51 @@ FULL = Plan("full", 20_000, batch_bench.FULL_SIZES, 4_000, 100_000, 1_000_000, 6
 QUICK = Plan("quick", 4_000, batch_bench.QUICK_SIZES, 1_500, 0, 100_000, 4)
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """One measurement of the suite: it sets up the services it needs, runs, and adds its rows."""
+
+    name: str
+    description: str
+    run: Callable[[Settings, Plan, Report, Callable[[str], None]], None]
+    needs_model: bool = False
+
+
 def run(base: Settings, plan: Plan, *, model: bool = True, say: Callable[[str], None] = print) -> Report:
     report = Report()
     started = time.perf_counter()
     report.figures["mode"] = plan.name
-    with private_redis() as redis_url, bench_database(base.database_url, base.taxonomy_file) as url, \
-            scratch_dir() as tmp:
-        settings = base.model_copy(update={"database_url": url, "broker_url": redis_url, "backend": "keyword",
-                                           "queue": f"bench-{uuid.uuid4().hex[:8]}"})
-        say(f"database {url.rsplit('/', 1)[-1]}, private redis {redis_url}")
-        _pipeline(settings, plan, report, tmp, say)
-        if model:
-            _model(settings.model_copy(update={"queue": f"bench-llm-{uuid.uuid4().hex[:8]}", "backend": "llamacpp"}),
-                   plan, report, tmp, say)
-    _scale(base, plan, report, say)
-    gpu.paper_rows(report)
+    for benchmark in BENCHMARKS:
+        if benchmark.needs_model and not model:
+            say(f"{benchmark.name}: skipped (--no-model)")
+            continue
+        benchmark.run(base, plan, report, say)
     report.figures["elapsed_s"] = round(time.perf_counter() - started, 1)
     return report
+
+
+@contextmanager
+def _services(base: Settings, queue_prefix: str, say: Callable[[str], None]) -> Iterator[tuple[Settings, Path]]:
+    """A database, a private Redis and a scratch directory of this benchmark's own."""
+    with private_redis() as redis_url, bench_database(base.database_url, base.taxonomy_file) as url, \
+            scratch_dir() as tmp:
+        say(f"database {url.rsplit('/', 1)[-1]}, private redis {redis_url}")
+        yield base.model_copy(update={"database_url": url, "broker_url": redis_url, "backend": "keyword",
+                                      "queue": f"{queue_prefix}-{uuid.uuid4().hex[:8]}"}), tmp
+
+
+def _pipeline_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
+    with _services(base, "bench", say) as (settings, tmp):
+        _pipeline(settings, plan, report, tmp, say)
+
+
+def _model_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
+    with _services(base, "bench-llm", say) as (settings, tmp):
+        _model(settings.model_copy(update={"backend": "llamacpp"}), plan, report, tmp, say)
+
+
+def _gpu_paper(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
+    gpu.paper_rows(report)
 
 
 def _pipeline(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
@@ -223,3 +252,12 @@ def as_json(report: Report) -> str:
 
 
 OUT_DIR = ROOT / "bench" / "out"
+
+# Every benchmark of `tagger bench`, in the order they run and report.
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("pipeline", "overhead vs raw upserts, batch-size sweep, worker RSS", _pipeline_benchmark),
+    Benchmark("model", "llamacpp model path vs bare llama-cpp-python, prefix reuse", _model_benchmark,
+              needs_model=True),
+    Benchmark("scale", "enqueue of many ids against a draining consumer", _scale),
+    Benchmark("gpu-paper", "MiniCPM4 on one GPU, on paper at the measured token counts", _gpu_paper),
+)

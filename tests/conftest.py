@@ -1,4 +1,6 @@
-"""Real PostgreSQL and Redis: a template database per test session, a fresh copy per test."""
+"""Fixtures of every test folder. Unit tests use none that touch a service; integration and acceptance
+tests get real PostgreSQL (a template database per session, a fresh copy per test) and Redis (a queue
+of their own per test)."""
 
 from __future__ import annotations
 
@@ -9,57 +11,42 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from db.engine import get_engine
-from tagger.settings import Settings, get_settings
-
-PG_ADMIN_URL = os.environ.get("TAGGER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TAGGER_TEST_REDIS", "redis://127.0.0.1:6379/15")
-
-
-def _pg_url(database: str) -> str:
-    return str(sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False))
-
-
-def _admin(sql: str) -> None:
-    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        engine.dispose()
+from db.migrate import upgrade
+from tagger.settings import Settings, load_settings
+from tests.support.services import REDIS_URL, pg_admin, pg_url, require_services
 
 
 @pytest.fixture(scope="session")
 def template_db() -> Iterator[str]:
     """Migrated once per session with `alembic upgrade head` and the shipped taxonomy."""
-    from db.migrate import upgrade
-
+    require_services()
     name = f"tagger_tpl_{uuid.uuid4().hex[:10]}"
-    url = _pg_url(name)
+    url = pg_url(name)
     upgrade(url, Settings().taxonomy_file)
     get_engine(url).dispose()
     get_engine.cache_clear()
     yield name
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def database_url(template_db: str) -> Iterator[str]:
     name = f"tagger_t_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    url = _pg_url(name)
+    pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    url = pg_url(name)
     yield url
     engine = get_engine(url)
     engine.dispose()
     get_engine.cache_clear()
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def queue_name() -> Iterator[str]:
     """A queue of its own per test, so tests (and people) sharing the Redis server never cross."""
+    require_services()
     name = f"tagger-test-{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis.from_url(REDIS_URL)
@@ -69,8 +56,8 @@ def queue_name() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(database_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Settings for this test, also exported as TAGGER_* so in-process code and the CLI agree."""
+def settings(database_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for this test, also exported as TAGGER_* so subprocesses and in-process CLI calls agree."""
     values = {
         "TAGGER_DATABASE_URL": database_url,
         "TAGGER_BROKER_URL": REDIS_URL,
@@ -82,9 +69,7 @@ def settings(database_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return load_settings()
 
 
 @pytest.fixture
@@ -96,20 +81,3 @@ def env(settings: Settings) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fail loudly, once, when the services the tests need are down."""
-    try:
-        engine = sa.create_engine(PG_ADMIN_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except Exception as exc:  # pragma: no cover - environment problem
-        raise pytest.UsageError(
-            f"PostgreSQL ({PG_ADMIN_URL}) and Redis ({REDIS_URL}) must be running: {exc}\n"
-            "start them with ../shared/services.sh (see README.md)"
-        ) from exc
-
-

@@ -1,0 +1,79 @@
+"""The root command group: settings shown in --help, read once per command, logging configured once."""
+
+from __future__ import annotations
+
+import click
+
+from tagger.errors import ConfigError, InputError, TaggerError
+from tagger.logs import configure_logging
+from tagger.settings import Settings, env_help, load_settings
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
+
+
+class UserError(click.ClickException):
+    """A condition the user caused or can fix: one line on stderr, no traceback."""
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class BadInput(UserError):
+    """Bad input or settings: the user's to fix, exit status 2 (as for a usage error)."""
+
+    exit_code = 2
+
+
+class TaggerGroup(click.Group):
+    """Translates the product's errors into exit statuses at the top: 2 for bad input or settings, 1 for
+    the rest (a service down, a model that failed)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (InputError, ConfigError) as exc:
+            raise BadInput(str(exc)) from exc
+        except TaggerError as exc:
+            raise UserError(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.group(cls=TaggerGroup, context_settings=CONTEXT, epilog=env_help())
+@click.version_option(package_name="repo-tagger")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Tag every repository of a code index with at most 3 tags from a fixed taxonomy.
+
+    \b
+    Typical flow:
+      tagger db upgrade              create/migrate the database, load the taxonomy
+      tagger import repos.jsonl      add or update repos and their READMEs
+      tagger worker                  run a worker (one per GPU)
+      tagger enqueue --all           send repos to the workers
+      tagger status                  progress
+      tagger export --out tags.jsonl the results, one JSON object per repo
+
+    \b
+    Day to day:
+      tagger enqueue --stale         re-tag only what changed (README, model, prompt, taxonomy)
+      tagger beat                    scheduled stale refresh and sweeper
+      tagger dlq list                repos that kept failing
+      tagger flower / metrics        monitoring
+      tagger demo                    the whole flow on this machine, no services
+    """
+    try:
+        settings: Settings | None = load_settings()
+    except ConfigError:
+        settings = None  # `COMMAND --help` still works; the command itself reports the bad setting
+    if settings is not None:
+        configure_logging(settings.log_level, settings.log_format)
+    ctx.obj = settings
+
+
+def settings_with(**overrides: object) -> Settings:
+    """This command's settings: TAGGER_* variables, with the command-line options that were given on top.
+    Commands pass them down; nothing below the CLI reads the environment."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    loaded = click.get_current_context().find_object(Settings)
+    if loaded is not None and not given:
+        return loaded
+    return load_settings(**given)

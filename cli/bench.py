@@ -1,0 +1,46 @@
+"""`tagger bench`: the benchmark suite (bench/), one table, BENCHMARKS.md-ready rows, or one JSON object."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import click
+
+from bench import suite
+from cli.base import cli, settings_with
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Smaller sizes (under two minutes on 2 cores) instead of the full run "
+              "(20,000 repos, 1,000,000 ids enqueued, 64 READMEs through the model).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures instead of the table.")
+@click.option("--no-model", is_flag=True, help="Skip the llamacpp model path (and the prefix-reuse figures).")
+@click.option("--model-readmes", type=click.IntRange(1), help="READMEs through the model path [64; --quick: 4].")
+def bench(quick: bool, as_json: bool, no_model: bool, model_readmes: int | None) -> None:
+    """Measure the pipeline: overhead vs raw upserts, model path vs bare llama.cpp, prefix reuse, scale,
+    batch size, and the GPU estimate.
+
+    Uses TAGGER_DATABASE_URL's server (creating and dropping a tagger_bench_* database) and private
+    redis-server processes on free ports. Writes the table's rows to bench/out/BENCHMARKS-rows.md
+    and the figures to bench/out/results.json.
+    """
+    plan = suite.QUICK if quick else suite.FULL
+    if model_readmes:
+        plan = replace(plan, model_readmes=model_readmes)
+
+    def say(message: str) -> None:
+        click.echo(f"bench: {message}", err=True)
+
+    report = suite.run(settings_with(), plan, model=not no_model, say=say)
+    suite.OUT_DIR.mkdir(parents=True, exist_ok=True)
+    rows_file = suite.OUT_DIR / "BENCHMARKS-rows.md"
+    rows_file.write_text(suite.markdown(report), encoding="utf-8")
+    (suite.OUT_DIR / "results.json").write_text(suite.as_json(report) + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(suite.as_json(report))
+    else:
+        click.echo(suite.table(report))
+        click.echo(f"\n{report.figures['mode']} run, {report.figures['elapsed_s']} s; rows for BENCHMARKS.md: "
+                   f"{rows_file}", err=True)
+    sys.stdout.flush()

@@ -1,0 +1,174 @@
+"""The main flow: db upgrade, taxonomy load, import, enqueue, sweep, status, export."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cli.base import cli, settings_with
+from db.engine import transaction
+from db.migrate import upgrade
+from db.queries import Selection, iter_results, load_taxonomy, replace_taxonomy, status_counts, tag_rate
+from producer.enqueue import EnqueueReport, enqueue_ids, enqueue_selection, sweep_stuck
+from producer.importer import import_repos
+from tagger.errors import BrokerUnavailable
+from tagger.taxonomy import Taxonomy
+from workers.contract import queue_depth
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database if missing, run the migrations, load the taxonomy (TAGGER_TAXONOMY_FILE)."""
+    settings = settings_with()
+    created, version = upgrade(settings.database_url, settings.taxonomy_file)
+    click.echo(f"database {'created and ' if created else ''}at the latest schema; taxonomy version {version}")
+
+
+@cli.group()
+def taxonomy() -> None:
+    """The tag taxonomy."""
+
+
+@taxonomy.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def taxonomy_load(file: Path) -> None:
+    """Replace the taxonomy with FILE (a JSON array of {"id", "name"}); a changed one gets a new version.
+
+    Results computed under an older taxonomy become stale: `tagger enqueue --stale` re-tags them.
+    """
+    loaded = Taxonomy.load(file)
+    with transaction(settings_with().database_url) as conn:
+        version = replace_taxonomy(conn, loaded, source=str(file))
+    click.echo(f"{len(loaded)} tags loaded; taxonomy version {version}")
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def import_(file: Path) -> None:
+    """Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}.
+
+    Bad lines are reported with their line numbers; every good line is imported. Exit status 1 when
+    any line was rejected.
+    """
+    report = import_repos(settings_with().database_url, file, progress=True)
+    for message in report.warnings[:50]:
+        click.echo(f"warning: {message}", err=True)
+    for message in report.errors[:200]:
+        click.echo(f"error: {message}", err=True)
+    if len(report.errors) > 200:
+        click.echo(f"error: ... and {len(report.errors) - 200} more rejected lines", err=True)
+    click.echo(f"imported {report.imported} repos; rejected {len(report.errors)} lines")
+    if report.errors:
+        sys.exit(1)
+
+
+def _read_ids_file(path: Path):  # type: ignore[no-untyped-def]
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                click.echo(f"error: {path}:{number}: not valid UTF-8, skipped", err=True)
+                continue
+            if line and not line.startswith("#"):
+                yield line
+
+
+@cli.command()
+@click.option("--all", "all_", is_flag=True, help="Every repo in the index.")
+@click.option("--untagged", is_flag=True, help="Repos without a result.")
+@click.option("--stale", is_flag=True, help="Repos never tagged, whose README changed, or tagged under another "
+              "backend, model, prompt version or taxonomy version.")
+@click.option("--ids", help="Comma-separated repo ids.")
+@click.option("--file", "ids_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of repo ids, one per line.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), help="Repo ids per task message [TAGGER_BATCH_SIZE].")
+def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: Path | None,
+            batch_size: int | None) -> None:
+    """Send repos to the workers, in batches, pausing while the queue is full."""
+    chosen = [name for name, on in (("--all", all_), ("--untagged", untagged), ("--stale", stale),
+                                    ("--ids", ids is not None), ("--file", ids_file is not None)) if on]
+    if len(chosen) != 1:
+        raise click.UsageError("choose exactly one of --all, --untagged, --stale, --ids, --file")
+    settings = settings_with(batch_size=batch_size)
+    report: EnqueueReport
+    if ids is not None:
+        report = enqueue_ids(settings, ids.split(","), progress=True)
+    elif ids_file is not None:
+        report = enqueue_ids(settings, _read_ids_file(ids_file), progress=True)
+    else:
+        selection: Selection = "all" if all_ else "untagged" if untagged else "stale"
+        report = enqueue_selection(settings, selection, progress=True)
+    for message in report.invalid[:50]:
+        click.echo(f"error: {message}", err=True)
+    if report.unknown:
+        sample = ", ".join(repr(i) for i in report.unknown_sample)
+        click.echo(f"warning: {report.unknown} ids are not in the index and were not enqueued: {sample}", err=True)
+    if report.duplicates:
+        click.echo(f"note: {report.duplicates} duplicate ids enqueued once", err=True)
+    click.echo(f"enqueued {report.sent} repos in {report.batches} batches")
+    if report.invalid or (report.unknown and not report.sent):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--older-than", type=click.IntRange(0), help="Seconds queued without a result "
+              "[TAGGER_SWEEP_OLDER_THAN_S].")
+def sweep(older_than: int | None) -> None:
+    """Re-enqueue repos queued too long without a result (messages lost by the broker)."""
+    swept = sweep_stuck(settings_with(), older_than)
+    click.echo(f"re-enqueued {swept} repos")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: repos, tagged, pending, failed, dead, "
+              "queue_depth, rate_per_s, eta_s.")
+def status(as_json: bool) -> None:
+    """Repos, tagged, pending, failed, dead letters, queue depth, rate and ETA."""
+    settings = settings_with()
+    with transaction(settings.database_url) as conn:
+        counts: dict[str, object] = dict(status_counts(conn))
+        rate = tag_rate(conn)
+    try:
+        counts["queue_depth"] = queue_depth(settings.broker_url, settings.queue)
+    except BrokerUnavailable as exc:
+        counts["queue_depth"] = -1
+        click.echo(f"warning: {exc}", err=True)
+    counts["rate_per_s"] = round(rate, 2)
+    outstanding = int(counts["pending"]) + int(counts["failed"])  # type: ignore[call-overload]
+    counts["eta_s"] = round(outstanding / rate) if rate > 0 else None
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    for key in ("repos", "tagged", "pending", "failed", "dead", "queue_depth", "rate_per_s", "eta_s"):
+        click.echo(f"{key:<12} {counts[key] if counts[key] is not None else '-'}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write to this file instead of standard output.")
+def export(out: Path | None) -> None:
+    """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]}."""
+    settings = settings_with()
+    stream = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
+    written = 0
+    try:
+        with transaction(settings.database_url) as conn:
+            names = {t.id: t.name for t in load_taxonomy(conn).tags}
+            for repo_id, tag_ids in iter_results(conn):
+                tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
+                stream.write(json.dumps({"id": repo_id, "tags": tags}, ensure_ascii=False) + "\n")
+                written += 1
+    finally:
+        if out:
+            stream.close()
+    if out:
+        click.echo(f"exported {written} repos to {out}", err=True)

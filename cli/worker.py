@@ -1,0 +1,50 @@
+"""Long-running processes: the Celery worker."""
+
+from __future__ import annotations
+
+import click
+
+from cli.base import cli, settings_with
+from db.engine import transaction
+from db.queries import current_taxonomy_version
+from tagger.backends import configured_model
+from tagger.errors import ConfigError
+from workers.runtime import Runtime
+from workers.tasks import create_worker_app
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--pool", type=click.Choice(["threads", "solo", "prefork"]), default="threads", show_default=True,
+              help="threads: one model shared by the threads, one batch in it at a time while the other "
+              "threads read, prepare and write theirs (the model never waits on Python or Postgres). "
+              "solo: one batch at a time, start to finish. prefork: a model per process (CPU only: CUDA "
+              "cannot survive a fork).")
+@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads (threads: 2 keep the model busy), or processes (prefork; each loads its own model).")
+@click.option("--hostname", help="Celery node name (default: tagger@<host>).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(pool: str, concurrency: int, hostname: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker that holds one model (GPU: one worker per GPU).
+
+    The model loads once per worker process, at start-up. Each message is a batch of repo ids: one
+    query reads their READMEs, one backend call tags them, one transaction writes the results. With
+    the default threads pool, the next batch is read and prepared, and the last one written, while the
+    model works on the current one. Extra arguments go to `celery worker`.
+    """
+    settings = settings_with()
+    if pool == "prefork":
+        # Each child loads its own model after the fork; the parent only checks that it could.
+        configured_model(settings)
+        with transaction(settings.database_url) as conn:
+            if current_taxonomy_version(conn) is None:
+                raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
+        app = create_worker_app(settings)
+    else:
+        # The model loads before the first message is taken: a worker that cannot work exits here.
+        app = create_worker_app(settings, Runtime.start(settings))
+    argv = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", settings.queue,
+            "--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["--hostname", hostname]
+    app.conf.worker_pool = pool
+    app.worker_main(argv=[*argv, *celery_args])

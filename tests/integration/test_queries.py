@@ -1,0 +1,81 @@
+"""The hot path's writes mean the same on PostgreSQL (one unnest statement per batch) and SQLite (the
+demo's executemany): results never go back to an older README, job states move as the worker says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from db.engine import get_engine, transaction
+from db.migrate import upgrade
+from db.models import jobs, results
+from db.queries import mark_done, mark_queued, schedule_retries, upsert_repos, upsert_results
+from tagger.settings import Settings
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgresql":
+        yield request.getfixturevalue("database_url")
+        return
+    sqlite_url = f"sqlite:///{tmp_path / 'tagger.db'}"
+    upgrade(sqlite_url, Settings().taxonomy_file)
+    yield sqlite_url
+    get_engine(sqlite_url).dispose()
+
+
+def _result(repo_id: str, tag_ids: list[int], readme_version: int, model: str = "m1") -> dict[str, object]:
+    return {"repo_id": repo_id, "tag_ids": tag_ids, "backend": "keyword", "model": model, "prompt_version": "p1",
+            "taxonomy_version": 1, "readme_hash": f"h{readme_version}", "readme_version": readme_version,
+            "raw_output": '{"tags": []}', "latency_ms": 1.5}
+
+
+def _stored(url: str) -> dict[str, tuple[list[int], int, str]]:
+    with transaction(url) as conn:
+        rows = conn.execute(sa.select(results.c.repo_id, results.c.tag_ids, results.c.readme_version,
+                                      results.c.model))
+        return {repo_id: (tag_ids, version, model) for repo_id, tag_ids, version, model in rows}
+
+
+def _jobs(url: str) -> dict[str, tuple[str, int, str | None]]:
+    with transaction(url) as conn:
+        rows = conn.execute(sa.select(jobs.c.repo_id, jobs.c.state, jobs.c.attempts, jobs.c.task_id))
+        return {repo_id: (state, attempts, task_id) for repo_id, state, attempts, task_id in rows}
+
+
+def test_results_are_upserted_and_never_go_back_to_an_older_readme(url):
+    with transaction(url) as conn:
+        upsert_repos(conn, [{"id": i, "name": i, "readme": f"# {i}"} for i in ("a", "b", "c")])
+        upsert_results(conn, [_result("b", [4, 17], 2), _result("a", [], 1), _result("c", [9], 1)])
+    assert _stored(url) == {"a": ([], 1, "m1"), "b": ([4, 17], 2, "m1"), "c": ([9], 1, "m1")}
+
+    with transaction(url) as conn:
+        upsert_results(conn, [
+            _result("a", [5], 1, model="m2"),  # same README: the newer tagging replaces it
+            _result("b", [1], 1, model="m2"),  # computed from an older README: ignored
+            _result("c", [2, 3, 4], 3, model="m2"),  # from a newer README: replaces it
+        ])
+    assert _stored(url) == {"a": ([5], 1, "m2"), "b": ([4, 17], 2, "m1"), "c": ([2, 3, 4], 3, "m2")}
+
+
+def test_job_states_follow_queue_retry_and_done(url):
+    with transaction(url) as conn:
+        upsert_repos(conn, [{"id": i, "name": i, "readme": f"# {i}"} for i in ("a", "b", "c")])
+        mark_queued(conn, ["b", "a", "b"])
+    assert _jobs(url) == {"a": ("queued", 0, None), "b": ("queued", 0, None)}
+
+    with transaction(url) as conn:
+        schedule_retries(conn, [("a", 2, 0.0, "BackendTimeout: slow")], "t-1")
+        mark_done(conn, ["c", "b"], "t-1")
+    assert _jobs(url) == {"a": ("failed", 2, "t-1"), "b": ("done", 0, "t-1"), "c": ("done", 0, "t-1")}
+
+    with transaction(url) as conn:
+        mark_queued(conn, ["a"], reset_attempts=False)  # the sweeper re-sends a retry: attempts carry on
+    assert _jobs(url)["a"] == ("queued", 2, "t-1")
+    with transaction(url) as conn:
+        mark_queued(conn, ["a"])  # a new enqueue starts over
+        mark_done(conn, ["a"], "t-2")
+    assert _jobs(url)["a"] == ("done", 0, "t-2")

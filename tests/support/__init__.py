@@ -1,0 +1,1 @@
+"""What the tests share: services, processes, data, logs, queues, faults, a faulty backend."""

@@ -1,0 +1,84 @@
+"""Processes of the tests: waiting on state, the real CLI (in-process or a subprocess), worker subprocesses.
+Free ports and private redis-servers come from the benchmarks' plumbing (`bench`), one implementation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from cli import cli
+
+TAGGER = [sys.executable, "-m", "cli"]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def run_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120,
+            stdin: str | None = None, in_process: bool = True) -> subprocess.CompletedProcess[str]:
+    """`tagger ARGS...` with ``env`` as its whole TAGGER_* environment: in this process through Click's
+    runner, or, with ``in_process=False``, as a real subprocess where the process itself is under test
+    (signals, pipes, start-up). An exception that escapes the command in-process fails the test, as the
+    traceback a user would see."""
+    if in_process:
+        overrides: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TAGGER_")}
+        overrides.update(env)
+        outcome = CliRunner().invoke(cli, list(args), env=overrides, input=stdin)
+        if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+            raise AssertionError(f"tagger {' '.join(args)} raised {outcome.exception!r}\n{outcome.stderr}") \
+                from outcome.exception
+        result = subprocess.CompletedProcess([*TAGGER, *args], outcome.exit_code, outcome.stdout, outcome.stderr)
+    else:
+        result = subprocess.run([*TAGGER, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                                input=stdin)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tagger {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def status(env: dict[str, str]) -> dict[str, int]:
+    result: dict[str, int] = json.loads(run_cli(env, "status", "--json").stdout)
+    return result
+
+
+@contextmanager
+def tagger_process(env: dict[str, str], *args: str, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `tagger ARGS...` subprocess in its own process group, stopped on exit (SIGTERM, then SIGKILL)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen([*TAGGER, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def worker_process(env: dict[str, str], *extra: str, log: Path | None = None):  # type: ignore[no-untyped-def]
+    """A real `tagger worker` subprocess."""
+    return tagger_process(env, "worker", *extra, log=log)
