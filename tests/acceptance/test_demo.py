@@ -1,4 +1,6 @@
-"""`tagger demo`: the whole flow with no services, on the READMEs shipped in the package."""
+"""`tagger demo`: the whole flow with no services, on the READMEs shipped in the package.
+
+Run as the process a user runs: its Celery worker lives in a thread, with Celery's process-wide state."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def test_samples_include_the_users_example():
 
 def test_demo_with_the_keyword_backend(no_services_env, tmp_path):
     db = tmp_path / "demo.sqlite"
-    result = run_cli(no_services_env, "demo", "--backend", "keyword", "--db", str(db), timeout=180)
+    result = run_cli(no_services_env, "demo", "--backend", "keyword", "--db", str(db), timeout=180, in_process=False)
     lines = _check_output(result.stdout)
     assert sum(1 for line in lines if line["tags"]) >= 6
     with sqlite3.connect(db) as conn:  # migrated by Alembic, results and job states stored
@@ -60,7 +62,7 @@ def test_demo_with_the_keyword_backend(no_services_env, tmp_path):
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
 
     # Run again on the same file: nothing is stale, nothing is re-tagged, the same JSON is printed.
-    again = run_cli(no_services_env, "demo", "--backend", "keyword", "--db", str(db), timeout=180)
+    again = run_cli(no_services_env, "demo", "--backend", "keyword", "--db", str(db), timeout=180, in_process=False)
     assert "already tagged" in again.stderr
     assert _check_output(again.stdout) == lines
 
@@ -69,7 +71,7 @@ def test_demo_with_the_keyword_backend(no_services_env, tmp_path):
 @pytest.mark.timeout(900)  # SmolLM2 on two shared CPU cores
 def test_demo_with_the_default_llamacpp_backend(no_services_env):
     pytest.importorskip("llama_cpp")
-    result = run_cli(no_services_env, "demo", timeout=880)
+    result = run_cli(no_services_env, "demo", timeout=880, in_process=False)
     lines = _check_output(result.stdout)
     assert sum(1 for line in lines if line["tags"]) >= 7  # the schema asks for at least one tag
     assert "backend llamacpp, model SmolLM2-135M-Instruct" in result.stdout
