@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from bench import wait_for
 from cli import cli
 
 TAGGER = [sys.executable, "-m", "cli"]
@@ -23,14 +23,7 @@ TAGGER = [sys.executable, "-m", "cli"]
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, what or str(predicate), interval)
 
 
 def run_cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120,
