@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     base = Settings()
-    settings = base.model_copy(update={"backend": "vllm", "model": args.model,
+    # scoring off: this measures the model path against the bare loop, prompt for prompt.
+    settings = base.model_copy(update={"backend": "vllm", "model": args.model, "scoring": "off",
                                        "batch_size": args.batch_size or base.batch_size})
     rows = _readmes(args)
     with bench_database(base.database_url, base.taxonomy_file) as url:

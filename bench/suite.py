@@ -90,7 +90,8 @@ def _pipeline_benchmark(base: Settings, plan: Plan, report: Report, say: Callabl
 
 def _model_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
     with _services(base, "bench-llm", say) as (settings, tmp):
-        _model(settings.model_copy(update={"backend": "llamacpp"}), plan, report, tmp, say)
+        # scoring off: this measures the model path, which the SmolLM2 profile (judge weight 0) skips.
+        _model(settings.model_copy(update={"backend": "llamacpp", "scoring": "off"}), plan, report, tmp, say)
 
 
 def _gpu_paper(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:

@@ -11,7 +11,16 @@ import click
 from cli.base import cli, settings_with
 from db.engine import transaction
 from db.migrate import upgrade
-from db.queries import Selection, iter_results, load_taxonomy, replace_taxonomy, status_counts, tag_rate
+from db.queries import (
+    Selection,
+    iter_results,
+    iter_scored_results,
+    least_confident_results,
+    load_taxonomy,
+    replace_taxonomy,
+    status_counts,
+    tag_rate,
+)
 from producer.enqueue import EnqueueReport, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
 from tagger.errors import BrokerUnavailable
@@ -155,7 +164,9 @@ def status(as_json: bool) -> None:
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write to this file instead of standard output.")
-def export(out: Path | None) -> None:
+@click.option("--with-scores", is_flag=True,
+              help='Add each tag\'s confidence: {"id", "name", "score"} (null where the backend gave none).')
+def export(out: Path | None, with_scores: bool) -> None:
     """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]}."""
     settings = settings_with()
     stream = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
@@ -163,12 +174,47 @@ def export(out: Path | None) -> None:
     try:
         with transaction(settings.database_url) as conn:
             names = {t.id: t.name for t in load_taxonomy(conn).tags}
-            for repo_id, tag_ids in iter_results(conn):
-                tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
-                stream.write(json.dumps({"id": repo_id, "tags": tags}, ensure_ascii=False) + "\n")
-                written += 1
+            if with_scores:
+                for repo_id, tag_ids, scores in iter_scored_results(conn):
+                    tags = [
+                        {"id": i, "name": names[i], "score": scores[n] if scores and n < len(scores) else None}
+                        for n, i in enumerate(tag_ids) if i in names
+                    ]
+                    stream.write(json.dumps({"id": repo_id, "tags": tags}, ensure_ascii=False) + "\n")
+                    written += 1
+            else:
+                for repo_id, tag_ids in iter_results(conn):
+                    tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
+                    stream.write(json.dumps({"id": repo_id, "tags": tags}, ensure_ascii=False) + "\n")
+                    written += 1
     finally:
         if out:
             stream.close()
     if out:
         click.echo(f"exported {written} repos to {out}", err=True)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many repos to list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def review(limit: int, as_json: bool) -> None:
+    """The least confident results first: the repos whose tags most deserve a human look.
+
+    Confidence is the best tag's score (tagger/scoring.py: the calibrated probability that it is right);
+    results of unscored backends (keyword, embedding) have none and are not listed."""
+    settings = settings_with()
+    with transaction(settings.database_url) as conn:
+        names = {t.id: t.name for t in load_taxonomy(conn).tags}
+        rows = least_confident_results(conn, limit)
+    for row in rows:
+        scores = row["tag_scores"] or []
+        tags = [{"id": i, "name": names.get(i, str(i)), "score": scores[n] if n < len(scores) else None}
+                for n, i in enumerate(row["tag_ids"])]
+        if as_json:
+            click.echo(json.dumps({"id": row["repo_id"], "name": row["name"], "confidence": row["confidence"],
+                                   "tags": tags}, ensure_ascii=False))
+        else:
+            shown = ", ".join(f"{t['name']} {t['score']:.2f}" if t["score"] is not None else t["name"] for t in tags)
+            click.echo(f"{row['confidence']:.3f}  {row['repo_id']:<10} {row['name'] or '':<30} {shown}")
+    if not rows and not as_json:
+        click.echo("no scored results yet", err=True)

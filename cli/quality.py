@@ -11,9 +11,14 @@ import click
 from tqdm import tqdm
 
 from cli.base import cli, settings_with
-from tagger.backends import BACKENDS, create_tagger
-from tagger.engine import TaggingEngine
+from tagger.backends import BACKENDS, configured_model, create_tagger
+from tagger.calibration import Example, fit_report, format_calibration
+from tagger.embeddings import SignalEmbedder
+from tagger.engine import TaggingEngine, profile_label
 from tagger.evaluation import format_report, load_gold, predict, score
+from tagger.keywords import synonyms_by_name
+from tagger.scoring import FEATURES, PROFILES_DIR, Profile, Scorer, profile_name
+from tagger.settings import Settings
 from tagger.shortlist import SHORTLIST_MODES
 from tagger.taxonomy import Taxonomy
 
@@ -29,15 +34,19 @@ from tagger.taxonomy import Taxonomy
               help="Candidate shortlist before the model [default: TAGGER_SHORTLIST].")
 @click.option("--shortlist-k", type=click.IntRange(1), help="Shortlist size [default: TAGGER_SHORTLIST_K].")
 @click.option("--no-descriptions", is_flag=True, help="Leave the tag descriptions out of the prompt.")
+@click.option("--scoring", type=click.Choice(["auto", "on", "off"]),
+              help="Scoring with the backend's calibration profile; off: the backend's answer as is "
+              "[default: TAGGER_SCORING].")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="READMEs per backend call.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the metrics and the configuration).")
 def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int | None, budget: int | None,
-             shortlist: str | None, shortlist_k: int | None, no_descriptions: bool, batch_size: int,
-             as_json: bool) -> None:
+             shortlist: str | None, shortlist_k: int | None, no_descriptions: bool, scoring: str | None,
+             batch_size: int, as_json: bool) -> None:
     """Tag every README of a gold file and report micro precision, recall and F1, hit rate, primary@3,
     the commonest mistakes and speed. Touches neither the database nor the queue."""
     settings = settings_with(backend=backend, model=model, readme_token_budget=budget, shortlist=shortlist,
-                             shortlist_k=shortlist_k, prompt_descriptions=False if no_descriptions else None)
+                             shortlist_k=shortlist_k, prompt_descriptions=False if no_descriptions else None,
+                             scoring=scoring)
     taxonomy = Taxonomy.load(settings.taxonomy_file)
     rows = load_gold(gold_file, taxonomy, limit)
 
@@ -48,7 +57,7 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
         load_s = time.perf_counter() - started
         with tqdm(total=len(rows), desc="tagging", unit="repo", file=sys.stderr, leave=False) as bar:
             predictions, failures, seconds = predict(engine, [r.readme for r in rows], batch_size=batch_size,
-                                                     progress=bar.update)
+                                                     progress=bar.update, repo_names=[r.repo for r in rows])
     finally:
         tagger.close()
 
@@ -59,7 +68,9 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
         "model": tagger.model,
         "prompt_version": engine.prompt_version,
         "descriptions": settings.prompt_descriptions,
-        "shortlist": "none" if settings.shortlist == "none" else f"{settings.shortlist}:{settings.shortlist_k}",
+        "shortlist": "none" if settings.shortlist == "none" or engine.scorer
+        else f"{settings.shortlist}:{settings.shortlist_k}",
+        "profile": profile_label(engine.scorer.profile) if engine.scorer else "none",
         "budget": settings.readme_token_budget,
     }
     report["failures"] = failures[:10]
@@ -70,3 +81,96 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
         click.echo(line)
     for failure in failures[:5]:
         click.echo(f"failed: {failure}", err=True)
+
+
+@cli.command("calibrate")
+@click.option("--gold", "gold_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='JSON Lines: {"repo", "readme", "gold": [tag names], "primary": tag} per line.')
+@click.option("--backend", help=f"Backend to calibrate ({', '.join(BACKENDS)}) [default: TAGGER_BACKEND].")
+@click.option("--model", help="Model for the backend [default: TAGGER_MODEL].")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
+              help="k of the k-fold cross-validation that estimates quality on unseen READMEs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split into folds.")
+@click.option("--limit", type=click.IntRange(2), help="Calibrate on the first N READMEs only.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the profile to [default: TAGGER_PROFILES_DIR, else the shipped profiles].")
+@click.option("--dry-run", is_flag=True, help="Print the report, write nothing.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="READMEs per backend call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def calibrate(gold_file: Path, backend: str | None, model: str | None, folds: int, seed: int, limit: int | None,
+              out_dir: Path | None, dry_run: bool, batch_size: int, as_json: bool) -> None:
+    """Fit the scoring weights and threshold of a backend and model on labelled READMEs, report them
+    with k-fold cross-validated figures, and store them as the profile that backend and model use.
+
+    \b
+    The backend's answer (its choice among each README's best candidates) is one signal among the
+    others; its weight is fitted like theirs. The report gives the fit with and without it, so it
+    shows whether the model adds anything. Profiles hold weights only, never READMEs or labels.
+    A new profile changes the results' prompt version: `tagger enqueue --stale` re-tags.
+    \b
+    On a GPU, for example:
+      tagger calibrate --gold dev.jsonl --backend vllm --model openbmb/MiniCPM4-8B
+    """
+    settings = settings_with(backend=backend, model=model)
+    taxonomy = Taxonomy.load(settings.taxonomy_file)
+    rows = load_gold(gold_file, taxonomy, limit)
+    if len(rows) < folds:
+        raise click.UsageError(f"{len(rows)} READMEs cannot make {folds} folds")
+    judged = settings.backend != "signals"
+    # A probe profile: every signal on, so the engine computes them all; its weights are not used.
+    probe = Profile("probe", dict.fromkeys(FEATURES, 1.0), 0.0, 0.5)
+    tagger = create_tagger(settings)
+    try:
+        engine = TaggingEngine.from_settings(tagger, taxonomy, settings.model_copy(update={"scoring": "off"}))
+        engine.scorer = Scorer(taxonomy.names, probe, _embedder(taxonomy, settings))
+        examples: list[Example] = []
+        kept = []
+        started = time.perf_counter()
+        with tqdm(total=len(rows), desc="signals" + (" + judge" if judged else ""), unit="repo", file=sys.stderr,
+                  leave=False) as bar:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                gathered = engine.gather_signals([r.readme for r in batch], [r.repo for r in batch], judge=judged)
+                for row, item in zip(batch, gathered, strict=True):
+                    if isinstance(item, tuple):
+                        examples.append(Example(item[0], frozenset(row.gold), row.primary))
+                        kept.append(row.repo)
+                    else:
+                        click.echo(f"skipped {row.repo}: {type(item).__name__}: {item}", err=True)
+                bar.update(len(batch))
+        seconds = time.perf_counter() - started
+        model_name = tagger.model if judged else configured_model(settings)
+    finally:
+        tagger.close()
+
+    name = profile_name(settings.backend, model_name) if judged else settings.backend
+    base = [f for f in FEATURES if f != "judge"]
+    results = {"signals": fit_report(examples, taxonomy.names, base, folds, seed=seed, name=name)}
+    if judged:
+        results["signals+judge"] = fit_report(examples, taxonomy.names, FEATURES, folds, seed=seed, name=name)
+    # The judge is kept only when it improves the cross-validated F1: a signal that adds nothing on
+    # unseen READMEs would only cost a model call per README.
+    chosen = "signals"
+    if judged and results["signals+judge"][1]["cross_validated"]["f1"] > results["signals"][1]["cross_validated"]["f1"]:
+        chosen = "signals+judge"
+    profile, _ = results[chosen]
+    summary = {
+        "backend": settings.backend, "model": model_name, "readmes": len(examples), "folds": folds, "seed": seed,
+        "seconds": round(seconds, 1), "readmes_per_s": round(len(examples) / seconds, 3) if seconds else None,
+        "fits": {key: {**fit[1], "weights": fit[0].to_json()["weights"], "bias": round(fit[0].bias, 4),
+                       "threshold": round(fit[0].threshold, 4)} for key, fit in results.items()},
+        "chosen": chosen, "profile": name, "profile_version": profile.version,
+    }
+    destination = (out_dir or settings.profiles_dir or PROFILES_DIR) / f"{name}.json"
+    if not dry_run:
+        profile.save(destination)
+        summary["written"] = str(destination)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    for line in format_calibration(summary):
+        click.echo(line)
+
+
+def _embedder(taxonomy: Taxonomy, settings: Settings) -> SignalEmbedder:
+    return SignalEmbedder(taxonomy, synonyms_by_name(), settings.embedding_model)

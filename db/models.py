@@ -61,6 +61,8 @@ class Repo(Base):
 
 class Result(Base):
     __tablename__ = "results"
+    # `tagger review` lists the least confident results first.
+    __table_args__ = (Index("ix_results_confidence", "confidence"),)
     repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
     tag_ids: Mapped[Any] = mapped_column(JsonType)
     backend: Mapped[str] = mapped_column(Text)
@@ -71,6 +73,11 @@ class Result(Base):
     readme_version: Mapped[int] = mapped_column(Integer)
     raw_output: Mapped[str] = mapped_column(Text)
     latency_ms: Mapped[float] = mapped_column(Float)
+    # The confidence of each tag, in tag_ids' order (tagger/scoring.py); NULL where the backend's answer
+    # was taken as is (keyword, embedding, your own backends).
+    tag_scores: Mapped[Any | None] = mapped_column(JsonType, nullable=True)
+    # The best tag's confidence: how sure the result is as a whole.
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     tagged_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
 

@@ -103,6 +103,7 @@ class ReadmeRow:
     readme_hash: str
     readme_version: int
     dead_lettered: bool
+    name: str = ""  # "owner/name": the scoring's name signal
 
 
 def fetch_readmes(conn: Connection, ids: Sequence[str]) -> dict[str, ReadmeRow]:
@@ -114,6 +115,7 @@ def fetch_readmes(conn: Connection, ids: Sequence[str]) -> dict[str, ReadmeRow]:
             repos.c.readme_hash,
             repos.c.readme_version,
             dead_letters.c.repo_id.is_not(None).label("dead_lettered"),
+            repos.c.name,
         )
         .outerjoin(dead_letters, dead_letters.c.repo_id == repos.c.id)
         .where(repos.c.id.in_(list(ids)))
@@ -173,13 +175,15 @@ def page_repo_ids(
 
 
 def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Store results; a result never replaces one computed from a newer README."""
+    """Store results; a result never replaces one computed from a newer README. ``tag_scores`` (one per
+    tag) and ``confidence`` (the best tag's) are optional: unscored backends have none."""
     if not rows:
         return
-    ordered = sorted(rows, key=lambda r: r["repo_id"])
+    ordered = sorted(({"tag_scores": None, "confidence": None, **row} for row in rows), key=lambda r: r["repo_id"])
     if conn.dialect.name == "postgresql":
         columns = {name: [row[name] for row in ordered] for name in _RESULT_COLUMNS}
         columns["tag_ids"] = [json.dumps(tag_ids) for tag_ids in columns["tag_ids"]]
+        columns["tag_scores"] = [None if s is None else json.dumps(s) for s in columns["tag_scores"]]
         conn.execute(_RESULTS_UPSERT_PG, columns)
     else:
         conn.execute(_results_upsert(conn.dialect.name), ordered)
@@ -190,23 +194,24 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 # one INSERT instead of one per row, and the driver binds a few arrays instead of every value of
 # every row (a third less worker CPU per written row than executemany).
 _RESULT_COLUMNS = ("repo_id", "tag_ids", "backend", "model", "prompt_version", "taxonomy_version", "readme_hash",
-                   "readme_version", "raw_output", "latency_ms")
+                   "readme_version", "raw_output", "latency_ms", "tag_scores", "confidence")
 _RESULTS_UPSERT_PG = sa.text("""
     INSERT INTO results (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash,
-                         readme_version, raw_output, latency_ms, tagged_at)
+                         readme_version, raw_output, latency_ms, tag_scores, confidence, tagged_at)
     SELECT repo_id, tag_ids::jsonb, backend, model, prompt_version, taxonomy_version, readme_hash,
-           readme_version, raw_output, latency_ms, now()
+           readme_version, raw_output, latency_ms, tag_scores::jsonb, confidence, now()
     FROM unnest(CAST(:repo_id AS text[]), CAST(:tag_ids AS text[]), CAST(:backend AS text[]),
                 CAST(:model AS text[]), CAST(:prompt_version AS text[]), CAST(:taxonomy_version AS int[]),
                 CAST(:readme_hash AS text[]), CAST(:readme_version AS int[]), CAST(:raw_output AS text[]),
-                CAST(:latency_ms AS float8[]))
+                CAST(:latency_ms AS float8[]), CAST(:tag_scores AS text[]), CAST(:confidence AS float8[]))
       AS r(repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash, readme_version,
-           raw_output, latency_ms)
+           raw_output, latency_ms, tag_scores, confidence)
     ON CONFLICT (repo_id) DO UPDATE SET
         tag_ids = excluded.tag_ids, backend = excluded.backend, model = excluded.model,
         prompt_version = excluded.prompt_version, taxonomy_version = excluded.taxonomy_version,
         readme_hash = excluded.readme_hash, readme_version = excluded.readme_version,
-        raw_output = excluded.raw_output, latency_ms = excluded.latency_ms, tagged_at = now()
+        raw_output = excluded.raw_output, latency_ms = excluded.latency_ms, tag_scores = excluded.tag_scores,
+        confidence = excluded.confidence, tagged_at = now()
     WHERE results.readme_version <= excluded.readme_version
 """)
 
@@ -421,6 +426,37 @@ def iter_results(conn: Connection, page: int = 5000) -> Iterator[tuple[str, list
         for repo_id, tag_ids in rows:
             yield repo_id, list(tag_ids)
         after = rows[-1][0]
+
+
+def iter_scored_results(conn: Connection, page: int = 5000) -> Iterator[tuple[str, list[int], list[float] | None]]:
+    """(repo_id, tag_ids, tag_scores or None) for every tagged repo, in id order, page by page."""
+    after = ""
+    while True:
+        rows = conn.execute(
+            sa.select(results.c.repo_id, results.c.tag_ids, results.c.tag_scores)
+            .where(results.c.repo_id > after)
+            .order_by(results.c.repo_id)
+            .limit(page)
+        ).all()
+        if not rows:
+            return
+        for repo_id, tag_ids, tag_scores in rows:
+            yield repo_id, list(tag_ids), None if tag_scores is None else [float(s) for s in tag_scores]
+        after = rows[-1][0]
+
+
+def least_confident_results(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` results with the lowest confidence (unscored ones have none and are left out),
+    least confident first: the repos most worth a human look."""
+    query = (
+        sa.select(results.c.repo_id, repos.c.name, results.c.tag_ids, results.c.tag_scores, results.c.confidence,
+                  results.c.backend, results.c.model)
+        .join(repos, repos.c.id == results.c.repo_id)
+        .where(results.c.confidence.is_not(None))
+        .order_by(results.c.confidence, results.c.repo_id)
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def list_dead_letters(conn: Connection, limit: int | None = None) -> list[dict[str, Any]]:

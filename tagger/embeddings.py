@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +102,31 @@ class TagRanker:
             order = row.argsort()[::-1][:k]
             ranked.append([(self.names[i], float(row[i])) for i in order])
         return ranked
+
+
+class SignalEmbedder:
+    """README ↔ tag similarities for the scoring signals (tagger/scoring.py): the mean cosine over two
+    views of the README (its head and its lead) and three texts per tag (name + description, name +
+    synonyms, the name alone). One view or one text alone scored lower on the development set
+    (docs/quality.md); averaging them smooths over READMEs that say what they are only once."""
+
+    def __init__(self, taxonomy: Taxonomy, synonyms: Mapping[str, Sequence[str]], model_path: str = "") -> None:
+        self.model = load_model(model_path)
+        self.names = tuple(taxonomy.names)
+        texts = [
+            [tag_text(t.name, t.description) for t in taxonomy.tags],
+            [tag_text(t.name, ", ".join(synonyms.get(t.name, ()))) for t in taxonomy.tags],
+            [tag_text(t.name, "") for t in taxonomy.tags],
+        ]
+        self._tag_vectors = [self._encode(group) for group in texts]
+
+    def _encode(self, texts: Sequence[str]) -> Any:
+        return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, batch_size=16)
+
+    def similarities(self, heads: Sequence[str], leads: Sequence[str]) -> list[list[float]]:
+        """One row per README, one column per tag (``self.names``)."""
+        if not heads:
+            return []
+        views = [self._encode([truncate_head(t, EMBEDDING_README_TOKENS) for t in group]) for group in (heads, leads)]
+        total = sum(view @ tags.T for view in views for tags in self._tag_vectors)
+        return [[float(v) for v in row] for row in total / (len(views) * len(self._tag_vectors))]

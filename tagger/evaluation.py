@@ -16,6 +16,8 @@ from tagger.errors import InputError
 from tagger.taxonomy import Taxonomy
 
 TOP_ERRORS = 10
+# Tags the text report lists (the JSON report has every tag): the most frequent, gold or predicted.
+TEXT_PER_TAG = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,8 @@ def score(
     true_pos = predicted = relevant = hits = primary_hits = 0
     missed: Counter[str] = Counter()
     wrong: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    confusions: Counter[tuple[str, str]] = Counter()
     for row, predicted_names in zip(rows, predictions, strict=True):
         guess, gold = set(predicted_names), set(row.gold)
         true_pos += len(guess & gold)
@@ -82,6 +86,9 @@ def score(
         primary_hits += row.primary in guess
         missed.update(gold - guess)
         wrong.update(guess - gold)
+        right.update(guess & gold)
+        # A gold tag missed where a wrong one was predicted: the wrong one took its place.
+        confusions.update((g, p) for g in gold - guess for p in guess - gold)
     n = len(rows)
     precision = true_pos / predicted if predicted else 0.0
     recall = true_pos / relevant if relevant else 0.0
@@ -97,9 +104,28 @@ def score(
         "errors": errors,
         "most_missed": _top(missed),
         "most_wrong": _top(wrong),
+        "per_tag": _per_tag(right, missed, wrong),
+        "confusions": [
+            [g, p, c] for (g, p), c in sorted(confusions.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ERRORS]
+        ],
         "seconds": round(seconds, 3),
         "repos_per_s": round(n / seconds, 3) if seconds > 0 else None,
     }
+
+
+def _per_tag(right: Counter[str], missed: Counter[str], wrong: Counter[str]) -> dict[str, dict[str, Any]]:
+    """Per tag: gold and predicted counts, precision and recall (None where undefined), commonest first."""
+    tags = sorted(set(right) | set(missed) | set(wrong),
+                  key=lambda t: (-(right[t] + missed[t]), -(right[t] + wrong[t]), t))
+    table: dict[str, dict[str, Any]] = {}
+    for tag in tags:
+        gold, predicted = right[tag] + missed[tag], right[tag] + wrong[tag]
+        table[tag] = {
+            "gold": gold, "predicted": predicted, "correct": right[tag],
+            "precision": round(right[tag] / predicted, 4) if predicted else None,
+            "recall": round(right[tag] / gold, 4) if gold else None,
+        }
+    return table
 
 
 def _top(counts: Counter[str]) -> list[list[Any]]:
@@ -112,15 +138,17 @@ def predict(
     *,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    repo_names: Sequence[str] | None = None,
 ) -> tuple[list[list[str]], list[str], float]:
     """Tag names per README (empty where the engine failed), the failures' descriptions, and the
-    seconds spent tagging (shortlisting included, model loading not)."""
+    seconds spent tagging (shortlisting and signals included, model loading not)."""
     predictions: list[list[str]] = []
     failures: list[str] = []
+    names = list(repo_names) if repo_names is not None else [""] * len(readmes)
     started = time.perf_counter()
     for start in range(0, len(readmes), batch_size):
         batch = readmes[start : start + batch_size]
-        for outcome in engine.tag(batch):
+        for outcome in engine.tag(batch, names[start : start + batch_size]):
             if isinstance(outcome, Tagged):
                 predictions.append([t.name for t in outcome.tags])
             else:
@@ -147,3 +175,16 @@ def format_report(report: dict[str, Any]) -> Iterable[str]:
     yield f"repos/s            {speed:.2f}" if speed is not None else "repos/s            n/a"
     yield "most missed        " + (", ".join(f"{n} ({c})" for n, c in report["most_missed"]) or "-")
     yield "most wrong         " + (", ".join(f"{n} ({c})" for n, c in report["most_wrong"]) or "-")
+    confusions = report.get("confusions") or []
+    yield "confusions         " + (", ".join(f"{g} -> {p} ({c})" for g, p, c in confusions) or "-")
+    per_tag = report.get("per_tag") or {}
+    if per_tag:
+        shown = list(per_tag.items())[:TEXT_PER_TAG]
+        yield ""
+        yield f"per tag ({len(shown)} commonest of {len(per_tag)}; --json lists all)"
+        yield f"  {'tag':<20} {'gold':>5} {'pred':>5} {'right':>5} {'precision':>9} {'recall':>7}"
+        for tag, row in shown:
+            precision = "-" if row["precision"] is None else f"{row['precision']:.2f}"
+            recall = "-" if row["recall"] is None else f"{row['recall']:.2f}"
+            yield (f"  {tag:<20} {row['gold']:>5} {row['predicted']:>5} {row['correct']:>5} {precision:>9} "
+                   f"{recall:>7}")

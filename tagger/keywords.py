@@ -31,13 +31,33 @@ def phrases_by_tag() -> dict[str, tuple[str, ...]]:
     return phrases
 
 
+@lru_cache(maxsize=1)
+def synonyms_by_name() -> dict[str, tuple[str, ...]]:
+    """Tag name → our synonyms for it, as listed (without the name's own spellings)."""
+    synonyms: dict[str, list[str]] = json.loads(SYNONYMS_FILE.read_text(encoding="utf-8"))
+    return {tag.name: tuple(synonyms.get(str(tag.id), [])) for tag in Taxonomy.load().tags}
+
+
+# Chinese, Japanese and Korean phrases are counted as substrings: their words are not separated by
+# spaces, and the regex's word boundaries would never match inside a sentence.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+@lru_cache(maxsize=1)
+def _cjk_phrases() -> tuple[tuple[str, str], ...]:
+    """(phrase, tag name) for every CJK phrase, longest first (a longer phrase hides its parts)."""
+    pairs = [(p, name) for name, phrases in phrases_by_tag().items() for p in phrases if _CJK.search(p)]
+    return tuple(sorted(pairs, key=lambda pn: (-len(pn[0]), pn[0])))
+
+
 @lru_cache(maxsize=64)
 def _matcher(names: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
     """One alternation over every phrase of every tag in ``names``; phrase → tag name."""
     owner: dict[str, str] = {}
     for name in names:
         for phrase in phrases_by_tag().get(name, (name,)):
-            owner.setdefault(phrase, name)
+            if not _CJK.search(phrase):  # CJK text has no word boundaries: see count_mentions
+                owner.setdefault(phrase, name)
     return re.compile(rf"(?<![\w-])(?:{_trie_alternation(owner)})(?![\w-])"), owner
 
 
@@ -82,3 +102,20 @@ def keyword_tags(text: str, choices: Iterable[str], limit: int = MAX_TAGS) -> li
     """The ``limit`` tags of ``choices`` that ``text`` names most, strongest first."""
     ranked = sorted(keyword_scores(text, choices).items(), key=lambda kv: (-kv[1], kv[0]))
     return [name for name, _ in ranked[:limit]]
+
+
+def count_mentions(text: str) -> dict[str, int]:
+    """How often each tag's name or synonyms occur in ``text`` (any case), by tag name: the scoring's
+    keyword signals (tagger/scoring.py). CJK phrases count as substrings, longest first."""
+    pattern, owner = _matcher(tuple(sorted(phrases_by_tag())))
+    lowered = text.lower()
+    counts: dict[str, int] = defaultdict(int)
+    for match in pattern.finditer(lowered):
+        counts[owner[match.group(0)]] += 1
+    if _CJK.search(lowered):
+        for phrase, name in _cjk_phrases():
+            found = lowered.count(phrase)
+            if found:
+                counts[name] += found
+                lowered = lowered.replace(phrase, " ")
+    return dict(counts)

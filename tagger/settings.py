@@ -23,10 +23,17 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis).")
     queue: str = Field("tagger", description="Name of the Celery queue the workers consume.")
+    # signals: the best measured on a CPU (docs/quality.md); GPU workers set vllm (their LLM judges).
     backend: str = Field(
-        "llamacpp",
-        description="Tagger backend: keyword, llamacpp, openai, vllm, embedding, or 'package.module:factory' for "
-        "your own.",
+        "signals",
+        description="Tagger backend: signals (no LLM: keywords + MiniLM, scored), llamacpp, openai, vllm, keyword, "
+        "embedding, or 'package.module:factory' for your own.",
+    )
+    scoring: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Combine keyword, name and embedding signals with the backend's answer into one score per tag, "
+        "weighted by the backend's calibration profile (tagger calibrate); auto: on except for the keyword and "
+        "embedding baselines and your own backends.",
     )
     model: str = Field(
         "",
@@ -45,6 +52,9 @@ class Settings(BaseSettings):
     shortlist: ShortlistMode = Field(
         "keyword", description="Restrict each answer to the README's likeliest tags first: none, keyword, embedding "
         "(MiniLM; the 'embeddings' extra) or hybrid (keyword hits, then embedding)."
+    )
+    profiles_dir: Path | None = Field(
+        None, description="Folder of calibration profiles (tagger calibrate --out), searched before the shipped ones."
     )
     shortlist_k: int = Field(8, ge=1, le=1000, description="Candidate tags kept by the shortlist.")
     embedding_model: str = Field(

@@ -93,7 +93,7 @@ def tag_found(engine: TaggingEngine, ids: Sequence[str], readmes: Mapping[str, R
     if not found:
         return TaggingOutcome(per_repo)
     try:
-        outcomes = engine.tag([readmes[i].readme for i in found])
+        outcomes = engine.tag([readmes[i].readme for i in found], [readmes[i].name or "" for i in found])
     except Exception as exc:  # the whole call failed: every repo in it failed the same way
         # Any kind, not only transient ones: a crash must count attempts per repo and end in dead
         # letters, not fail the message again and again each time the sweeper re-sends it.
@@ -152,6 +152,8 @@ def write_plan(
                 # PostgreSQL text cannot hold NUL: one odd answer must not fail the whole write.
                 "raw_output": result.raw.replace("\x00", ""),
                 "latency_ms": result.latency_ms,
+                "tag_scores": list(result.scores) if result.scores else None,
+                "confidence": result.scores[0] if result.scores else None,
             }
             for repo_id, result in plan.results.items()
         ],

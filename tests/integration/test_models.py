@@ -29,7 +29,8 @@ def test_llamacpp_in_a_worker_thread_is_interrupted_and_works_afterwards():
     """The threads pool's case end to end: the limit reaches llama-cpp-python's decoding loop from a
     watchdog, the backend resets its KV cache, and the next call tags normally."""
     pytest.importorskip("llama_cpp")
-    settings = Settings()
+    # Scoring off: the bundled SmolLM2's profile gives the model no weight, and the engine would not ask it.
+    settings = Settings(backend="llamacpp", scoring="off")
     backend = LlamaCppTagger.from_settings(settings)
     try:
         engine = TaggingEngine.from_settings(backend, Taxonomy.load(settings.taxonomy_file), settings)

@@ -79,3 +79,26 @@ def test_job_states_follow_queue_retry_and_done(url):
         mark_queued(conn, ["a"])  # a new enqueue starts over
         mark_done(conn, ["a"], "t-2")
     assert _jobs(url)["a"] == ("done", 0, "t-2")
+
+
+def test_confidences_are_stored_and_the_least_confident_come_first(url):
+    from db.queries import iter_scored_results, least_confident_results
+
+    with transaction(url) as conn:
+        upsert_repos(conn, [{"id": i, "name": f"o/{i}", "readme": f"# {i}"} for i in ("a", "b", "c", "d")])
+        upsert_results(conn, [
+            {**_result("a", [4, 17], 1), "tag_scores": [0.9, 0.3], "confidence": 0.9},
+            {**_result("b", [9], 1), "tag_scores": [0.2], "confidence": 0.2},
+            _result("c", [5], 1),  # an unscored backend: no confidence
+            {**_result("d", [1, 2, 3], 1), "tag_scores": [0.5, 0.4, 0.35], "confidence": 0.5},
+        ])
+    with transaction(url) as conn:
+        scored = {repo_id: (tag_ids, scores) for repo_id, tag_ids, scores in iter_scored_results(conn, page=2)}
+        review = least_confident_results(conn, 2)
+    assert scored == {"a": ([4, 17], [0.9, 0.3]), "b": ([9], [0.2]), "c": ([5], None),
+                      "d": ([1, 2, 3], [0.5, 0.4, 0.35])}
+    assert [(r["repo_id"], r["name"], r["confidence"]) for r in review] == [("b", "o/b", 0.2), ("d", "o/d", 0.5)]
+
+    with transaction(url) as conn:  # a re-tag under an unscored backend clears the scores
+        upsert_results(conn, [_result("a", [4], 1)])
+        assert [r["repo_id"] for r in least_confident_results(conn, 10)] == ["b", "d"]

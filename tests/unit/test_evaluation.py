@@ -11,7 +11,7 @@ import pytest
 from tagger.backends.keyword import KeywordTagger
 from tagger.engine import TaggingEngine, configured_prompt_version
 from tagger.errors import InputError
-from tagger.evaluation import load_gold, score
+from tagger.evaluation import format_report, load_gold, score
 from tagger.settings import Settings
 from tagger.shortlist import KeywordShortlister, create_shortlister
 from tagger.taxonomy import Taxonomy
@@ -68,6 +68,19 @@ def test_metric_arithmetic(gold_file: Path) -> None:
     assert report["repos_per_s"] == 2.0
 
 
+def test_per_tag_figures_and_confusions(gold_file: Path) -> None:
+    report = score(load_gold(gold_file, TAXONOMY), KEYWORD_ANSWERS)
+    per_tag = report["per_tag"]
+    assert per_tag["cli"] == {"gold": 1, "predicted": 1, "correct": 1, "precision": 1.0, "recall": 1.0}
+    assert per_tag["orm"] == {"gold": 0, "predicted": 1, "correct": 0, "precision": 0.0, "recall": None}
+    assert per_tag["3d"] == {"gold": 1, "predicted": 0, "correct": 0, "precision": None, "recall": 0.0}
+    assert sum(row["correct"] for row in per_tag.values()) == 3
+    # Only the game README missed a gold tag while answering a wrong one; the last answered nothing.
+    assert report["confusions"] == [["3d", "game", 1]]
+    text = "\n".join(format_report(report))
+    assert "3d -> game (1)" in text and "per tag" in text
+
+
 def test_perfect_and_empty_answers(gold_file: Path) -> None:
     rows = load_gold(gold_file, TAXONOMY)
     perfect = score(rows, [list(r.gold) for r in rows])
@@ -90,7 +103,8 @@ def test_keyword_shortlist_restricts_the_schema_not_the_prompt() -> None:
 
 
 def test_engine_from_settings() -> None:
-    settings = Settings(shortlist="keyword", shortlist_k=4, prompt_descriptions=False, readme_token_budget=64)
+    settings = Settings(backend="keyword", shortlist="keyword", shortlist_k=4, prompt_descriptions=False,
+                        readme_token_budget=64)
     engine = TaggingEngine.from_settings(KeywordTagger(), TAXONOMY, settings)
     assert engine.prompt_version == "p1+kw4"
     assert engine.budget == 64
@@ -100,9 +114,9 @@ def test_engine_from_settings() -> None:
 def test_the_producer_knows_the_prompt_version_without_loading_a_model() -> None:
     for mode, label in (("none", ""), ("keyword", "+kw4"), ("embedding", "+em4"), ("hybrid", "+hy4")):
         for descriptions, version in ((True, "p1d"), (False, "p1")):
-            settings = Settings(shortlist=mode, shortlist_k=4, prompt_descriptions=descriptions)
+            settings = Settings(backend="keyword", shortlist=mode, shortlist_k=4, prompt_descriptions=descriptions)
             assert configured_prompt_version(TAXONOMY, settings) == version + label
-    settings = Settings(shortlist="keyword", shortlist_k=4)
+    settings = Settings(backend="keyword", shortlist="keyword", shortlist_k=4)
     engine = TaggingEngine.from_settings(KeywordTagger(), TAXONOMY, settings)
     assert engine.prompt_version == configured_prompt_version(TAXONOMY, settings)
 

@@ -1,0 +1,255 @@
+"""One score per (README, tag) from independent signals, and the 1 to 3 tags it keeps.
+
+Signals (each a number per tag, computed for every tag of the taxonomy):
+
+- ``kw_lead``: mentions of the tag (its name or our synonyms) in the README's lead: the title, the first
+  paragraphs and the headings. What a README says first and in its outline is what the repo *is*.
+- ``kw_body``: mentions anywhere else in the README's head (usage, examples): weaker evidence.
+- ``name``: the tag (or a synonym) is a word of the repository's name (``OpenBMB/MiniCPM``).
+- ``emb``: cosine similarity between the README and the tag's description (MiniLM), and
+- ``emb_gap``: the same minus the README's best similarity: how far a tag is from the nearest one.
+- ``judge``: the backend's own answer (the LLM's choice among the best candidates), 1 for its first
+  tag, 1/2 and 1/3 for the next; 0 for tags it did not choose.
+
+They are combined by a logistic model, ``p = 1 / (1 + exp(-(bias + sum(weight * signal))))``, whose
+weights a :class:`Profile` holds per backend and model (``tagger calibrate`` fits them on labelled
+READMEs). The best tag is always kept, the second and third only when their ``p`` reaches the
+profile's threshold; ``p`` is the confidence reported with each tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tagger.errors import ConfigError
+from tagger.keywords import count_mentions
+
+MAX_TAGS = 3
+FEATURES: tuple[str, ...] = ("kw_lead", "kw_body", "name", "emb", "emb_gap", "judge")
+EMBEDDING_FEATURES = frozenset({"emb", "emb_gap"})
+PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
+# The README head the signals read: more than an LLM prompt holds (mentions further down still count,
+# as body mentions), while a README's tail (changelogs, licences, credits) stays out.
+SIGNAL_TOKEN_BUDGET = 512
+# Paragraphs that form the lead (after the title): the tagline and the first description.
+LEAD_PARAGRAPHS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The weights of the logistic model for one backend and model: weights only, never examples."""
+
+    name: str  # e.g. "signals" or "vllm--MiniCPM4-8B"; the file it was read from
+    weights: Mapping[str, float]
+    bias: float
+    threshold: float  # the second and third tags are kept when their p reaches it
+    judge_k: int = 8  # candidates the judge chooses among
+    fitted_on: Mapping[str, Any] = field(default_factory=dict)  # how many READMEs, folds, CV figures
+
+    def weight(self, feature: str) -> float:
+        return float(self.weights.get(feature, 0.0))
+
+    @property
+    def uses_embeddings(self) -> bool:
+        return any(self.weight(f) for f in EMBEDDING_FEATURES)
+
+    @property
+    def uses_judge(self) -> bool:
+        return self.weight("judge") != 0
+
+    @property
+    def version(self) -> str:
+        """A short digest of what changes answers: results record it, so a new profile makes them stale."""
+        body = json.dumps(
+            {"w": {f: round(self.weight(f), 6) for f in FEATURES}, "b": round(self.bias, 6),
+             "t": round(self.threshold, 6), "k": self.judge_k},
+            sort_keys=True,
+        )
+        return hashlib.sha256(body.encode()).hexdigest()[:6]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weights": {f: round(self.weight(f), 6) for f in FEATURES},
+            "bias": round(self.bias, 6),
+            "threshold": round(self.threshold, 6),
+            "judge_k": self.judge_k,
+            "fitted_on": dict(self.fitted_on),
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> Profile:
+        try:
+            weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
+            unknown = set(weights) - set(FEATURES)
+            if unknown:
+                raise ValueError(f"unknown signals {sorted(unknown)}")
+            return cls(name, weights, float(data["bias"]), float(data["threshold"]), int(data.get("judge_k", 8)),
+                       dict(data.get("fitted_on") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"profile {name!r} is malformed: {exc}") from exc
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def profile_name(backend: str, model: str) -> str:
+    """The file stem of a backend and model's profile: ``llamacpp--SmolLM2-135M-Instruct``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model.rstrip("/").rsplit("/", 1)[-1])
+    return f"{backend}--{safe}" if safe else backend
+
+
+def load_profile(backend: str, model: str, directory: Path | None = None) -> Profile:
+    """The profile fitted for this backend and model; else the backend's generic one (``llamacpp``);
+    else the shipped ``default`` (signals only, judge trusted moderately) until someone calibrates."""
+    folders = [d for d in (directory, PROFILES_DIR) if d is not None]
+    for stem in (profile_name(backend, model), backend, "default"):
+        for folder in folders:
+            path = folder / f"{stem}.json"
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as exc:
+                    raise ConfigError(f"cannot read profile {path}: {exc}") from exc
+                return Profile.from_json(stem, data)
+    raise ConfigError(f"no calibration profile for {backend}/{model} and no default in {PROFILES_DIR}")
+
+
+# --- signals -----------------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^#{1,6}\s")
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+_NAME_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def split_lead(text: str) -> tuple[str, str]:
+    """A cleaned README → (lead, body): the lead is the first paragraphs plus every heading line."""
+    paragraphs = _PARAGRAPHS.split(text)
+    lead = paragraphs[:LEAD_PARAGRAPHS]
+    body: list[str] = []
+    for paragraph in paragraphs[LEAD_PARAGRAPHS:]:
+        for line in paragraph.split("\n"):
+            (lead if _HEADING.match(line) else body).append(line)
+    return "\n".join(lead), "\n".join(body)
+
+
+def name_words(repo_name: str) -> str:
+    """``OpenBMB/MiniCPM`` → ``mini cpm``; ``tmc/langchaingo`` → ``langchaingo``: the repository part,
+    split where its case or punctuation changes, as text the keyword matcher can read."""
+    repo = repo_name.rsplit("/", 1)[-1]
+    return " ".join(w.lower() for w in _NAME_WORDS.findall(repo)) + " " + re.sub(r"[_.]", "-", repo.lower())
+
+
+def squash(count: float) -> float:
+    """Mention counts → 0..1 with diminishing returns: the first mention says most."""
+    return 1.0 - math.exp(-count)
+
+
+@dataclass(slots=True)
+class Signals:
+    """Every signal of one README: ``values[feature][tag index]``."""
+
+    values: dict[str, list[float]]
+
+    def row(self, index: int) -> dict[str, float]:
+        return {f: v[index] for f, v in self.values.items()}
+
+
+def keyword_signals(text: str, repo_name: str, names: Sequence[str]) -> dict[str, list[float]]:
+    """``kw_lead``, ``kw_body`` and ``name`` for every tag of ``names``, from a cleaned README head."""
+    lead_text, body_text = split_lead(text)
+    lead = count_mentions(lead_text)
+    body = count_mentions(body_text)
+    in_name = count_mentions(name_words(repo_name)) if repo_name else {}
+    return {
+        "kw_lead": [squash(lead.get(n, 0)) for n in names],
+        "kw_body": [squash(body.get(n, 0)) for n in names],
+        "name": [1.0 if in_name.get(n) else 0.0 for n in names],
+    }
+
+
+def judge_signal(names: Sequence[str], chosen: Sequence[str]) -> list[float]:
+    """The judge's answer as a signal: 1, 1/2, 1/3 by its order, 0 for tags it did not choose."""
+    rank = {name: 1.0 / (i + 1) for i, name in enumerate(dict.fromkeys(chosen))}
+    return [rank.get(name, 0.0) for name in names]
+
+
+def embedding_signals(similarities: Sequence[float]) -> dict[str, list[float]]:
+    best = max(similarities) if len(similarities) else 0.0
+    return {"emb": [float(s) for s in similarities], "emb_gap": [float(s) - best for s in similarities]}
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+def logit(profile: Profile, signals: Mapping[str, float]) -> float:
+    return profile.bias + sum(profile.weight(f) * signals.get(f, 0.0) for f in FEATURES)
+
+
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def probabilities(profile: Profile, signals: Signals, names: Sequence[str]) -> list[float]:
+    return [sigmoid(logit(profile, signals.row(i))) for i in range(len(names))]
+
+
+def choose(names: Sequence[str], probs: Sequence[float], threshold: float) -> list[tuple[str, float]]:
+    """The best tag always (a README describes something), then up to two more whose p reaches the
+    threshold; best first, with their p."""
+    ranked = sorted(zip(names, probs, strict=True), key=lambda np: (-np[1], np[0]))[:MAX_TAGS]
+    return [(n, p) for i, (n, p) in enumerate(ranked) if i == 0 or p >= threshold]
+
+
+def candidates(names: Sequence[str], signals: Signals, k: int) -> list[str]:
+    """What the judge chooses among, by a fixed rule (nothing fitted, so calibrating the judge's weight
+    needs one judge pass only): tags the lead or the name mentions, then body mentions, then the
+    nearest descriptions."""
+    values = signals.values
+    zeros = [0.0] * len(names)
+    lead, body, name = values.get("kw_lead", zeros), values.get("kw_body", zeros), values.get("name", zeros)
+    emb = values.get("emb", zeros)
+    order = sorted(range(len(names)), key=lambda i: (-(lead[i] + name[i]), -body[i], -emb[i], names[i]))
+    return [names[i] for i in order[:k]]
+
+
+class Embedder(Protocol):
+    def similarities(self, heads: Sequence[str], leads: Sequence[str]) -> list[list[float]]: ...
+
+
+class Scorer:
+    """Signals → p per tag → the chosen tags, under one profile. ``embedder`` is needed only when the
+    profile weighs the embedding signals."""
+
+    def __init__(self, names: Sequence[str], profile: Profile, embedder: Embedder | None = None) -> None:
+        if profile.uses_embeddings and embedder is None:
+            raise ConfigError(f"profile {profile.name!r} weighs embedding signals: an embedder is needed")
+        self.names = tuple(names)
+        self.profile = profile
+        self.embedder = embedder
+
+    def signals(self, texts: Sequence[str], repo_names: Sequence[str]) -> list[Signals]:
+        """Every signal but the judge's, for cleaned README heads (SIGNAL_TOKEN_BUDGET) and repo names."""
+        found = [Signals(keyword_signals(t, n, self.names)) for t, n in zip(texts, repo_names, strict=True)]
+        if self.embedder is not None and self.profile.uses_embeddings and texts:
+            rows = self.embedder.similarities(list(texts), [split_lead(t)[0] or t for t in texts])
+            for signals, row in zip(found, rows, strict=True):
+                signals.values.update(embedding_signals(row))
+        return found
+
+    def candidates(self, signals: Signals) -> list[str]:
+        return candidates(self.names, signals, self.profile.judge_k)
+
+    def choose(self, signals: Signals) -> list[tuple[str, float]]:
+        """The tags kept, best first, with their p."""
+        return choose(self.names, probabilities(self.profile, signals, self.names), self.profile.threshold)
