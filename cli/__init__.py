@@ -9,7 +9,7 @@ import click
 from cli.base import cli
 
 # Importing the modules registers their commands.
-from cli import bench, demo, dlq, ops, pipeline, quality, worker  # noqa: F401  isort: skip
+from cli import bench, demo, dlq, ops, pipeline, quality, runs, worker  # noqa: F401  isort: skip
 
 
 def main() -> None:

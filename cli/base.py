@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+
 import click
 
 from tagger.errors import ConfigError, InputError, TaggerError
@@ -77,3 +79,11 @@ def settings_with(**overrides: object) -> Settings:
     if loaded is not None and not given:
         return loaded
     return load_settings(**given)
+
+
+def operator() -> str:
+    """Who runs this command, for the runs and pins it records: the login name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment nor in the password database
+        return "unknown"

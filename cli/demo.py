@@ -21,7 +21,7 @@ from cli.base import cli, settings_with
 from db.engine import transaction
 from db.migrate import upgrade
 from db.queries import load_taxonomy, repo_outcomes, status_counts
-from producer.enqueue import enqueue_selection, sweep_stuck
+from producer.enqueue import RunSpec, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
 from tagger.backends import BACKENDS
 from tagger.errors import TaggerError
@@ -129,7 +129,7 @@ def _run(settings: Settings, scratch: Path) -> int:
             # An earlier run on the same --db that was interrupted left repos queued; their messages
             # died with its process.
             resent = sweep_stuck(settings, older_than_s=0)
-            report = enqueue_selection(settings, "stale")
+            report = enqueue_selection(settings, "stale", run=RunSpec("demo"))
             total = report.sent + resent
             if total == 0:
                 click.echo("every sample is already tagged under this configuration", err=True)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.base import cli, settings_with
+from cli.base import cli, operator, settings_with
 from db.engine import transaction
 from db.queries import dead_letter_ids, get_dead_letter, list_dead_letters, purge_dead_letters
-from producer.enqueue import Sender
+from producer.enqueue import RunSpec, Sender
 from tagger.errors import InputError
 
 
@@ -71,7 +71,7 @@ def dlq_requeue(all_: bool, repo_ids: tuple[str, ...]) -> None:
     missing = [i for i in wanted if i not in known]
     if missing:
         raise InputError(f"not in the dead-letter list: {', '.join(map(repr, missing[:10]))}")
-    sender = Sender(settings)
+    sender = Sender(settings, run=RunSpec(operator(), "dlq requeue"), selection="dead letters")
     sender.send(wanted)
     click.echo(f"requeued {sender.report.sent} repos")
 

@@ -8,21 +8,22 @@ from pathlib import Path
 
 import click
 
-from cli.base import cli, settings_with
+from cli.base import cli, operator, settings_with
+from cli.runs import show_run
 from db.engine import transaction
 from db.migrate import upgrade
 from db.queries import (
     Selection,
-    iter_results,
-    iter_scored_results,
+    iter_export,
     least_confident_results,
     load_taxonomy,
     replace_taxonomy,
     status_counts,
     tag_rate,
 )
-from producer.enqueue import EnqueueReport, enqueue_ids, enqueue_selection, sweep_stuck
+from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
+from producer.runs import sweep_canary
 from tagger.errors import BrokerUnavailable
 from tagger.taxonomy import Taxonomy
 from workers.contract import queue_depth
@@ -100,22 +101,24 @@ def _read_ids_file(path: Path):  # type: ignore[no-untyped-def]
 @click.option("--file", "ids_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A file of repo ids, one per line.")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), help="Repo ids per task message [TAGGER_BATCH_SIZE].")
+@click.option("--label", help="A note recorded with the run (see `tagger runs`).")
 def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: Path | None,
-            batch_size: int | None) -> None:
-    """Send repos to the workers, in batches, pausing while the queue is full."""
+            batch_size: int | None, label: str | None) -> None:
+    """Send repos to the workers, in batches, pausing while the queue is full. Recorded as a run."""
     chosen = [name for name, on in (("--all", all_), ("--untagged", untagged), ("--stale", stale),
                                     ("--ids", ids is not None), ("--file", ids_file is not None)) if on]
     if len(chosen) != 1:
         raise click.UsageError("choose exactly one of --all, --untagged, --stale, --ids, --file")
     settings = settings_with(batch_size=batch_size)
+    run = RunSpec(operator(), label)
     report: EnqueueReport
     if ids is not None:
-        report = enqueue_ids(settings, ids.split(","), progress=True)
+        report = enqueue_ids(settings, ids.split(","), progress=True, run=run)
     elif ids_file is not None:
-        report = enqueue_ids(settings, _read_ids_file(ids_file), progress=True)
+        report = enqueue_ids(settings, _read_ids_file(ids_file), progress=True, run=run)
     else:
         selection: Selection = "all" if all_ else "untagged" if untagged else "stale"
-        report = enqueue_selection(settings, selection, progress=True)
+        report = enqueue_selection(settings, selection, progress=True, run=run)
     for message in report.invalid[:50]:
         click.echo(f"error: {message}", err=True)
     if report.unknown:
@@ -123,7 +126,8 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
         click.echo(f"warning: {report.unknown} ids are not in the index and were not enqueued: {sample}", err=True)
     if report.duplicates:
         click.echo(f"note: {report.duplicates} duplicate ids enqueued once", err=True)
-    click.echo(f"enqueued {report.sent} repos in {report.batches} batches")
+    click.echo(f"enqueued {report.sent} repos in {report.batches} batches"
+               + (f" (run {report.run_id})" if report.run_id is not None else ""))
     if report.invalid or (report.unknown and not report.sent):
         sys.exit(1)
 
@@ -131,17 +135,28 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
 @cli.command()
 @click.option("--older-than", type=click.IntRange(0), help="Seconds queued without a result "
               "[TAGGER_SWEEP_OLDER_THAN_S].")
-def sweep(older_than: int | None) -> None:
+@click.option("--canary", "canary_run", type=int, metavar="RUN", help="Sweep canary RUN's sample instead (beat "
+              "sweeps only live work).")
+def sweep(older_than: int | None, canary_run: int | None) -> None:
     """Re-enqueue repos queued too long without a result (messages lost by the broker)."""
-    swept = sweep_stuck(settings_with(), older_than)
+    settings = settings_with()
+    if canary_run is not None:
+        older = settings.sweep_older_than_s if older_than is None else older_than
+        click.echo(f"re-enqueued {sweep_canary(settings, canary_run, older)} repos")
+        return
+    swept = sweep_stuck(settings, older_than)
     click.echo(f"re-enqueued {swept} repos")
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: repos, tagged, pending, failed, dead, "
               "queue_depth, rate_per_s, eta_s.")
-def status(as_json: bool) -> None:
+@click.option("--run", "run_id", type=int, help="One run instead: its configuration, selection and counts.")
+def status(as_json: bool, run_id: int | None) -> None:
     """Repos, tagged, pending, failed, dead letters, queue depth, rate and ETA."""
+    if run_id is not None:
+        show_run(run_id, as_json)
+        return
     settings = settings_with()
     with transaction(settings.database_url) as conn:
         counts: dict[str, object] = dict(status_counts(conn))
@@ -167,26 +182,25 @@ def status(as_json: bool) -> None:
 @click.option("--with-scores", is_flag=True,
               help='Add each tag\'s confidence: {"id", "name", "score"} (null where the backend gave none).')
 def export(out: Path | None, with_scores: bool) -> None:
-    """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]}."""
+    """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]};
+    tags pinned by hand add "source": "manual"."""
     settings = settings_with()
     stream = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
     written = 0
     try:
         with transaction(settings.database_url) as conn:
             names = {t.id: t.name for t in load_taxonomy(conn).tags}
-            if with_scores:
-                for repo_id, tag_ids, scores in iter_scored_results(conn):
+            for repo_id, tag_ids, scores, pinned in iter_export(conn):
+                if with_scores:
                     tags = [
                         {"id": i, "name": names[i], "score": scores[n] if scores and n < len(scores) else None}
                         for n, i in enumerate(tag_ids) if i in names
                     ]
-                    stream.write(json.dumps({"id": repo_id, "tags": tags}, ensure_ascii=False) + "\n")
-                    written += 1
-            else:
-                for repo_id, tag_ids in iter_results(conn):
+                else:
                     tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
-                    stream.write(json.dumps({"id": repo_id, "tags": tags}, ensure_ascii=False) + "\n")
-                    written += 1
+                line = {"id": repo_id, "tags": tags} | ({"source": "manual"} if pinned else {})
+                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+                written += 1
     finally:
         if out:
             stream.close()

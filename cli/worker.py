@@ -7,6 +7,7 @@ import click
 from cli.base import cli, settings_with
 from db.engine import transaction
 from db.queries import current_taxonomy_version
+from producer.runs import canary_settings, check_canary_worker, find_run
 from tagger.backends import configured_model
 from tagger.errors import ConfigError
 from workers.runtime import Runtime
@@ -22,8 +23,12 @@ from workers.tasks import create_worker_app
 @click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True,
               help="Threads (threads: 2 keep the model busy), or processes (prefork; each loads its own model).")
 @click.option("--hostname", help="Celery node name (default: tagger@<host>).")
+@click.option("--canary", "canary_run", type=int, metavar="RUN", help="Serve canary RUN only: consume its queue "
+              "(<TAGGER_QUEUE>.canary.RUN) into its shadow results. Refuses to start unless these settings give "
+              "the canary's configuration.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(pool: str, concurrency: int, hostname: str | None, celery_args: tuple[str, ...]) -> None:
+def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | None,
+           celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker that holds one model (GPU: one worker per GPU).
 
     The model loads once per worker process, at start-up. Each message is a batch of repo ids: one
@@ -32,7 +37,15 @@ def worker(pool: str, concurrency: int, hostname: str | None, celery_args: tuple
     model works on the current one. Extra arguments go to `celery worker`.
     """
     settings = settings_with()
-    if pool == "prefork":
+    if canary_run is not None:
+        if pool == "prefork":
+            raise click.UsageError("--canary runs with the threads or solo pool")
+        run = find_run(settings, canary_run, kind="canary")
+        settings = canary_settings(settings, canary_run)
+        runtime = Runtime.start(settings)
+        check_canary_worker(run, runtime.configuration)
+        app = create_worker_app(settings, runtime, canary_run=canary_run)
+    elif pool == "prefork":
         # Each child loads its own model after the fork; the parent only checks that it could.
         configured_model(settings)
         with transaction(settings.database_url) as conn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -17,7 +17,20 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import JOB_STATES, dead_letters, jobs, repos, results, tags, taxonomy_versions
+from db.models import (
+    JOB_STATES,
+    MANUAL,
+    dead_letters,
+    jobs,
+    manual_tags,
+    repos,
+    result_history,
+    results,
+    runs,
+    shadow_results,
+    tags,
+    taxonomy_versions,
+)
 from tagger.readme import readme_hash
 from tagger.taxonomy import Taxonomy
 
@@ -166,7 +179,8 @@ def page_repo_ids(
                 jobs.c.state == "done",
                 sa.and_(jobs.c.state == "dead", repos.c.updated_at > jobs.c.updated_at),
             )
-            needs_work = sa.and_(needs_work, settled)
+            # Pinned repos (tags set by hand) are never stale: no refresh may replace them.
+            needs_work = sa.and_(needs_work, settled, results.c.backend.is_distinct_from(MANUAL))
         query = query.where(needs_work)
     return list(conn.execute(query).scalars())
 
@@ -175,18 +189,36 @@ def page_repo_ids(
 
 
 def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Store results; a result never replaces one computed from a newer README. ``tag_scores`` (one per
-    tag) and ``confidence`` (the best tag's) are optional: unscored backends have none."""
+    """Store results (each may name its ``run_id``); a result never replaces one computed from a newer
+    README, nor tags pinned by hand (the statement's own condition, evaluated on the locked row: a pin
+    committed while this batch was in the model still wins). A replaced result is kept in history.
+    ``tag_scores`` (one per tag) and ``confidence`` (the best tag's) are optional: unscored backends
+    have none."""
     if not rows:
         return
-    ordered = sorted(({"tag_scores": None, "confidence": None, **row} for row in rows), key=lambda r: r["repo_id"])
-    if conn.dialect.name == "postgresql":
-        columns = {name: [row[name] for row in ordered] for name in _RESULT_COLUMNS}
-        columns["tag_ids"] = [json.dumps(tag_ids) for tag_ids in columns["tag_ids"]]
-        columns["tag_scores"] = [None if s is None else json.dumps(s) for s in columns["tag_scores"]]
-        conn.execute(_RESULTS_UPSERT_PG, columns)
-    else:
+    ordered = sorted(({"tag_scores": None, "confidence": None, "run_id": None} | dict(row) for row in rows),
+                     key=lambda r: r["repo_id"])
+    if conn.dialect.name != "postgresql":
+        # One writer at a time (SQLite): what is archived is exactly what the upsert replaces.
+        _archive_replaced(conn, ordered)
         conn.execute(_results_upsert(conn.dialect.name), ordered)
+        return
+    # Repos without a result are inserted (a first tagging costs one statement, as before history);
+    # the others (including any another writer inserted meanwhile: the insert waits for its commit) are
+    # then locked in id order, archived, and replaced, so no version is ever replaced unseen.
+    inserted = set(conn.execute(_RESULTS_INSERT_PG, _result_arrays(ordered)).scalars())
+    rest = [row for row in ordered if row["repo_id"] not in inserted]
+    if rest:
+        arrays = _result_arrays(rest)
+        conn.execute(_ARCHIVE_REPLACED_PG, {k: arrays[k] for k in ("repo_id", "readme_version", "run_id")})
+        conn.execute(_RESULTS_UPSERT_PG, arrays)
+
+
+def _result_arrays(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    columns = {name: [row[name] for row in rows] for name in _RESULT_COLUMNS}
+    columns["tag_ids"] = [json.dumps(tag_ids) for tag_ids in columns["tag_ids"]]
+    columns["tag_scores"] = [None if s is None else json.dumps(s) for s in columns["tag_scores"]]
+    return columns
 
 
 # PostgreSQL gets the hot path's multi-row writes as ONE statement per batch, whatever its size: each
@@ -194,25 +226,52 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 # one INSERT instead of one per row, and the driver binds a few arrays instead of every value of
 # every row (a third less worker CPU per written row than executemany).
 _RESULT_COLUMNS = ("repo_id", "tag_ids", "backend", "model", "prompt_version", "taxonomy_version", "readme_hash",
-                   "readme_version", "raw_output", "latency_ms", "tag_scores", "confidence")
-_RESULTS_UPSERT_PG = sa.text("""
+                   "readme_version", "raw_output", "latency_ms", "tag_scores", "confidence", "run_id")
+_RESULTS_INSERT_SQL = """
     INSERT INTO results (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash,
-                         readme_version, raw_output, latency_ms, tag_scores, confidence, tagged_at)
+                         readme_version, raw_output, latency_ms, tag_scores, confidence, tagged_at, run_id)
     SELECT repo_id, tag_ids::jsonb, backend, model, prompt_version, taxonomy_version, readme_hash,
-           readme_version, raw_output, latency_ms, tag_scores::jsonb, confidence, now()
+           readme_version, raw_output, latency_ms, tag_scores::jsonb, confidence, now(), run_id
     FROM unnest(CAST(:repo_id AS text[]), CAST(:tag_ids AS text[]), CAST(:backend AS text[]),
                 CAST(:model AS text[]), CAST(:prompt_version AS text[]), CAST(:taxonomy_version AS int[]),
                 CAST(:readme_hash AS text[]), CAST(:readme_version AS int[]), CAST(:raw_output AS text[]),
-                CAST(:latency_ms AS float8[]), CAST(:tag_scores AS text[]), CAST(:confidence AS float8[]))
+                CAST(:latency_ms AS float8[]), CAST(:tag_scores AS text[]), CAST(:confidence AS float8[]),
+                CAST(:run_id AS int[]))
       AS r(repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash, readme_version,
-           raw_output, latency_ms, tag_scores, confidence)
+           raw_output, latency_ms, tag_scores, confidence, run_id)
+"""
+_RESULTS_UPSERT_PG = sa.text(_RESULTS_INSERT_SQL + """
     ON CONFLICT (repo_id) DO UPDATE SET
         tag_ids = excluded.tag_ids, backend = excluded.backend, model = excluded.model,
         prompt_version = excluded.prompt_version, taxonomy_version = excluded.taxonomy_version,
         readme_hash = excluded.readme_hash, readme_version = excluded.readme_version,
         raw_output = excluded.raw_output, latency_ms = excluded.latency_ms, tag_scores = excluded.tag_scores,
-        confidence = excluded.confidence, tagged_at = now()
-    WHERE results.readme_version <= excluded.readme_version
+        confidence = excluded.confidence, tagged_at = now(), run_id = excluded.run_id
+    WHERE results.readme_version <= excluded.readme_version AND results.backend <> 'manual'
+""")
+_RESULTS_INSERT_PG = sa.text(_RESULTS_INSERT_SQL + " ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id")
+# Lock the results a batch replaces (id order) and copy into history those the upsert's conditions let
+# it replace; a rewrite by the same run (a redelivered batch) replaces its own version unarchived.
+_ARCHIVE_REPLACED_PG = sa.text("""
+    WITH n AS (
+        SELECT * FROM unnest(CAST(:repo_id AS text[]), CAST(:readme_version AS int[]), CAST(:run_id AS int[]))
+          AS n(repo_id, readme_version, run_id)
+    ), old AS (
+        SELECT r.repo_id, r.tag_ids, r.backend, r.model, r.prompt_version, r.taxonomy_version, r.readme_hash,
+               r.readme_version, r.raw_output, r.latency_ms, r.tag_scores, r.confidence, r.tagged_at, r.run_id,
+               n.readme_version AS new_version, n.run_id AS new_run
+        FROM results r JOIN n ON n.repo_id = r.repo_id
+        ORDER BY r.repo_id
+        FOR UPDATE OF r
+    )
+    INSERT INTO result_history (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash,
+                                readme_version, raw_output, latency_ms, tag_scores, confidence, tagged_at, run_id,
+                                replaced_by_run, replaced_reason)
+    SELECT repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash, readme_version,
+           raw_output, latency_ms, tag_scores, confidence, tagged_at, run_id, new_run, 'run'
+    FROM old
+    WHERE backend <> 'manual' AND readme_version <= new_version
+      AND (run_id IS NULL OR new_run IS NULL OR run_id <> new_run)
 """)
 
 
@@ -225,8 +284,33 @@ def _results_upsert(dialect: str) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=[results.c.repo_id],
         set_={c.name: excluded[c.name] for c in results.columns if c.name != "repo_id"} | {"tagged_at": sa.func.now()},
-        where=results.c.readme_version <= excluded.readme_version,
+        where=(results.c.readme_version <= excluded.readme_version) & (results.c.backend != MANUAL),
     )
+
+
+_HISTORY_COPIED = ("repo_id", "tag_ids", "backend", "model", "prompt_version", "taxonomy_version", "readme_hash",
+                   "readme_version", "raw_output", "latency_ms", "tag_scores", "confidence", "tagged_at", "run_id")
+
+
+def _archive_replaced(conn: Connection, ordered: Sequence[Mapping[str, Any]]) -> None:
+    """_ARCHIVE_REPLACED_PG, for SQLite: copy into history the current results that ``ordered`` (new rows,
+    in id order) will replace, with the upsert's own conditions."""
+    new = {row["repo_id"]: row for row in ordered}
+    current = conn.execute(
+        sa.select(*(results.c[name] for name in _HISTORY_COPIED))
+        .where(results.c.repo_id.in_(list(new)))
+        .order_by(results.c.repo_id)
+        .with_for_update()
+    ).mappings().all()
+    replaced = [
+        dict(old) | {"replaced_by_run": new[old["repo_id"]]["run_id"], "replaced_reason": "run"}
+        for old in current
+        if old["backend"] != MANUAL
+        and old["readme_version"] <= new[old["repo_id"]]["readme_version"]
+        and (old["run_id"] is None or old["run_id"] != new[old["repo_id"]]["run_id"])
+    ]
+    if replaced:
+        conn.execute(sa.insert(result_history), replaced)
 
 
 def upsert_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -286,24 +370,28 @@ def _done_upsert(dialect: str) -> Any:
     )
 
 
-def mark_queued(conn: Connection, ids: Sequence[str], *, reset_attempts: bool = True) -> None:
-    """Record that ``ids`` were sent to the queue now (the sweeper measures from this time)."""
+def mark_queued(
+    conn: Connection, ids: Sequence[str], *, reset_attempts: bool = True, run_id: int | None = None
+) -> None:
+    """Record that ``ids`` were sent to the queue now (the sweeper measures from this time), by ``run_id``."""
     if not ids:
         return
     now = utcnow()
     if conn.dialect.name == "postgresql":
-        conn.execute(_QUEUED_UPSERT_PG[reset_attempts], {"ids": sorted(set(ids)), "now": now})
+        conn.execute(_QUEUED_UPSERT_PG[reset_attempts], {"ids": sorted(set(ids)), "now": now, "run_id": run_id})
         return
     conn.execute(_queued_upsert(conn.dialect.name, reset_attempts),
-                 [{"repo_id": i, "state": "queued", "attempts": 0, "queued_at": now} for i in sorted(set(ids))])
+                 [{"repo_id": i, "state": "queued", "attempts": 0, "queued_at": now, "run_id": run_id}
+                  for i in sorted(set(ids))])
 
 
 _QUEUED_UPSERT_PG = {
     reset: sa.text(f"""
-        INSERT INTO jobs (repo_id, state, attempts, queued_at)
-        SELECT repo_id, 'queued', 0, :now FROM unnest(CAST(:ids AS text[])) AS repo_id
+        INSERT INTO jobs (repo_id, state, attempts, queued_at, run_id)
+        SELECT repo_id, 'queued', 0, :now, CAST(:run_id AS int) FROM unnest(CAST(:ids AS text[])) AS repo_id
         ON CONFLICT (repo_id) DO UPDATE SET
-            state = 'queued', queued_at = excluded.queued_at, updated_at = now(){", attempts = 0" if reset else ""}
+            state = 'queued', queued_at = excluded.queued_at, updated_at = now(), run_id = excluded.run_id
+            {", attempts = 0" if reset else ""}
     """)
     for reset in (True, False)
 }
@@ -312,7 +400,8 @@ _QUEUED_UPSERT_PG = {
 @lru_cache(maxsize=8)
 def _queued_upsert(dialect: str, reset_attempts: bool) -> Any:
     stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(jobs)
-    set_: dict[str, Any] = {"state": "queued", "queued_at": stmt.excluded.queued_at, "updated_at": sa.func.now()}
+    set_: dict[str, Any] = {"state": "queued", "queued_at": stmt.excluded.queued_at, "updated_at": sa.func.now(),
+                            "run_id": stmt.excluded.run_id}
     if reset_attempts:
         set_["attempts"] = 0
     return stmt.on_conflict_do_update(index_elements=[jobs.c.repo_id], set_=set_)
@@ -544,3 +633,311 @@ def repo_outcomes(conn: Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
         .order_by(repos.c.id)
     )
     return [dict(row) for row in conn.execute(query).mappings()]
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+
+def create_run(conn: Connection, *, kind: str, started_by: str, label: str | None, selection: str,
+               configuration: Mapping[str, Any]) -> int:
+    """Record a run (``configuration``: backend, model, prompt_version, taxonomy_version); its id."""
+    values = {k: configuration[k] for k in ("backend", "model", "prompt_version", "taxonomy_version")}
+    return int(conn.execute(
+        sa.insert(runs).values(kind=kind, started_by=started_by, label=label, selection=selection, **values)
+        .returning(runs.c.id)
+    ).scalar_one())
+
+
+def add_run_enqueued(conn: Connection, run_id: int, n: int) -> None:
+    # A non-key update: it does not wait for the workers' key-share locks on the run (lock_run_for_write).
+    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(enqueued=runs.c.enqueued + n))
+
+
+def get_run(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(sa.select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings()]
+
+
+def lock_run_for_write(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    """A worker's write of run ``run_id``: a key-share lock on the run until the write commits, so a
+    rollback or promote (lock_run) waits for the writes in flight, and every later write sees its mark."""
+    row = conn.execute(
+        sa.select(runs.c.id, runs.c.kind, runs.c.rolled_back_at).where(runs.c.id == run_id)
+        .with_for_update(read=True, key_share=True)
+    ).mappings().first()
+    return dict(row) if row else None
+
+
+def lock_run(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    """Rollback and promote: the run row, exclusively, once every write of the run in flight is in."""
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update()).mappings().first()
+    return dict(row) if row else None
+
+
+def run_counts(conn: Connection, run: Mapping[str, Any]) -> dict[str, int]:
+    """Progress of a run. Live: its repos by job state (while this run is the last to enqueue them),
+    results it wrote that are still current, and those replaced since. Canary: its sample by state."""
+    run_id = run["id"]
+    if run["kind"] == "canary":
+        rows = conn.execute(sa.select(shadow_results.c.state, sa.func.count()).where(shadow_results.c.run_id == run_id)
+                            .group_by(shadow_results.c.state)).all()
+        by_state = {state: int(n) for state, n in rows}
+        promoted = conn.execute(sa.select(sa.func.count()).select_from(shadow_results).where(
+            shadow_results.c.run_id == run_id, shadow_results.c.promoted_at.is_not(None))).scalar_one()
+        return {"sample": sum(by_state.values()), **{s: by_state.get(s, 0) for s in JOB_STATES},
+                "promoted": int(promoted)}
+    rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.run_id == run_id)
+                        .group_by(jobs.c.state)).all()
+    by_state = {state: int(n) for state, n in rows}
+    current = conn.execute(
+        sa.select(sa.func.count()).select_from(results).where(results.c.run_id == run_id)).scalar_one()
+    replaced = conn.execute(sa.select(sa.func.count(sa.distinct(result_history.c.repo_id))).where(
+        result_history.c.run_id == run_id)).scalar_one()
+    return {"enqueued": int(run["enqueued"]), **{s: by_state.get(s, 0) for s in JOB_STATES},
+            "results_current": int(current), "results_replaced_since": int(replaced)}
+
+
+def job_run_ids(conn: Connection, ids: Sequence[str]) -> dict[str, int | None]:
+    """The run that last enqueued each repo: what the sweeper re-sends it under."""
+    rows = conn.execute(sa.select(jobs.c.repo_id, jobs.c.run_id).where(jobs.c.repo_id.in_(list(ids))))
+    return {repo_id: run_id for repo_id, run_id in rows}
+
+
+# --- manual tags (pins) ----------------------------------------------------------------------------
+
+
+def get_pin(conn: Connection, repo_id: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(manual_tags).where(manual_tags.c.repo_id == repo_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def _current_result(conn: Connection, repo_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        sa.select(*(results.c[name] for name in _HISTORY_COPIED)).where(results.c.repo_id == repo_id).with_for_update()
+    ).mappings().first()
+    return dict(row) if row else None
+
+
+def _archive(conn: Connection, row: Mapping[str, Any], reason: str, by_run: int | None = None) -> None:
+    conn.execute(sa.insert(result_history).values(**row, replaced_by_run=by_run, replaced_reason=reason))
+
+
+def pin_tags(conn: Connection, repo_id: str, tag_ids: Sequence[int], *, set_by: str, note: str,
+             taxonomy_version: int) -> None:
+    """Pin ``tag_ids`` on a repo: the live result becomes them (backend 'manual', which the write step
+    never replaces), the replaced result goes to history, who/when/note are kept."""
+    repo = conn.execute(sa.select(repos.c.readme_hash, repos.c.readme_version).where(repos.c.id == repo_id)).one()
+    old = _current_result(conn, repo_id)
+    if old is not None:
+        _archive(conn, old, MANUAL)
+    values = {"tag_ids": list(tag_ids), "backend": MANUAL, "model": set_by, "prompt_version": MANUAL,
+              "taxonomy_version": taxonomy_version, "readme_hash": repo.readme_hash,
+              "readme_version": repo.readme_version, "raw_output": note, "latency_ms": 0.0, "tag_scores": None,
+              "confidence": None, "run_id": None}
+    stmt = _insert(conn, results).values(repo_id=repo_id, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[results.c.repo_id],
+                                            set_=values | {"tagged_at": sa.func.now()}))
+    pin = _insert(conn, manual_tags).values(repo_id=repo_id, tag_ids=list(tag_ids), set_by=set_by, note=note)
+    conn.execute(pin.on_conflict_do_update(
+        index_elements=[manual_tags.c.repo_id],
+        set_={"tag_ids": list(tag_ids), "set_by": set_by, "note": note, "set_at": sa.func.now()}))
+
+
+def unpin_tags(conn: Connection, repo_id: str) -> dict[str, Any] | None:
+    """Release a pin: the newest machine result before it comes back (or none: the repo is untagged
+    again, and the next refresh tags it). The released pin, or None when there was none."""
+    pin = conn.execute(sa.delete(manual_tags).where(manual_tags.c.repo_id == repo_id)
+                       .returning(*manual_tags.c)).mappings().first()
+    if pin is None:
+        return None
+    old = _current_result(conn, repo_id)
+    if old is not None and old["backend"] == MANUAL:
+        _archive(conn, old, "unpin")
+        previous = conn.execute(
+            sa.select(*(result_history.c[name] for name in _HISTORY_COPIED))
+            .where(result_history.c.repo_id == repo_id, result_history.c.backend != MANUAL)
+            .order_by(result_history.c.id.desc()).limit(1)
+        ).mappings().first()
+        _restore(conn, repo_id, dict(previous) if previous else None)
+    return dict(pin)
+
+
+def _restore(conn: Connection, repo_id: str, version: Mapping[str, Any] | None) -> None:
+    """Make ``version`` (a history row) the live result again; None: no result."""
+    if version is None:
+        conn.execute(sa.delete(results).where(results.c.repo_id == repo_id))
+        return
+    values = {k: v for k, v in version.items() if k != "repo_id"}
+    conn.execute(sa.update(results).where(results.c.repo_id == repo_id).values(**values))
+
+
+def result_versions(conn: Connection, repo_id: str) -> list[dict[str, Any]]:
+    """A repo's versions, newest first: the live one (``replaced_reason`` None), then history."""
+    current = conn.execute(sa.select(*(results.c[name] for name in _HISTORY_COPIED))
+                           .where(results.c.repo_id == repo_id)).mappings().first()
+    older = conn.execute(
+        sa.select(result_history).where(result_history.c.repo_id == repo_id).order_by(result_history.c.id.desc())
+    ).mappings().all()
+    versions = [dict(current) | {"replaced_at": None, "replaced_by_run": None, "replaced_reason": None}] if current \
+        else []
+    return versions + [dict(row) for row in older]
+
+
+def repo_exists(conn: Connection, repo_id: str) -> bool:
+    return conn.execute(sa.select(repos.c.id).where(repos.c.id == repo_id)).first() is not None
+
+
+# --- rollback and promote --------------------------------------------------------------------------
+
+
+@dataclass
+class RollbackReport:
+    restored: list[str] = field(default_factory=list)  # the version before the run is live again
+    removed: list[str] = field(default_factory=list)  # the run tagged them first: untagged again
+    changed_since: list[str] = field(default_factory=list)  # replaced after the run: not touched
+    pinned: list[str] = field(default_factory=list)  # tags pinned by hand since: not touched
+
+
+def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
+    """For every repo run ``run_id`` wrote, restore the version before it, except repos changed since or
+    pinned. Marks the run rolled back first (with the run row locked: the run's writes in flight are in,
+    and its later writes are dropped by the workers). In the caller's transaction: all or nothing."""
+    conn.execute(sa.update(runs).where(runs.c.id == run_id)
+                 .values(rolled_back_at=sa.func.coalesce(runs.c.rolled_back_at, sa.func.now())))
+    report = RollbackReport()
+    mine = [dict(row) for row in conn.execute(
+        sa.select(*(results.c[name] for name in _HISTORY_COPIED)).where(results.c.run_id == run_id)
+        .order_by(results.c.repo_id).with_for_update()
+    ).mappings()]
+    before: dict[str, dict[str, Any]] = {}
+    ids = [row["repo_id"] for row in mine]
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        for row in conn.execute(
+            sa.select(*(result_history.c[name] for name in _HISTORY_COPIED))
+            .where(result_history.c.replaced_by_run == run_id, result_history.c.repo_id.in_(chunk))
+            .order_by(result_history.c.id)
+        ).mappings():
+            before.setdefault(row["repo_id"], dict(row))  # the first: what the run replaced
+    for version in mine:
+        _archive(conn, version, "rollback")
+        _restore(conn, version["repo_id"], before.get(version["repo_id"]))
+        (report.restored if version["repo_id"] in before else report.removed).append(version["repo_id"])
+    gone = conn.execute(
+        sa.select(result_history.c.repo_id, manual_tags.c.repo_id.is_not(None))
+        .outerjoin(manual_tags, manual_tags.c.repo_id == result_history.c.repo_id)
+        .where(result_history.c.run_id == run_id, result_history.c.replaced_reason != "rollback")
+        .distinct().order_by(result_history.c.repo_id)
+    ).all()
+    touched = set(ids)
+    for repo_id, pinned in gone:
+        if repo_id not in touched:
+            (report.pinned if pinned else report.changed_since).append(repo_id)
+    return report
+
+
+# --- canary (shadow results) -----------------------------------------------------------------------
+
+
+def insert_shadow_queued(conn: Connection, run_id: int, ids: Sequence[str]) -> None:
+    if ids:
+        conn.execute(sa.insert(shadow_results),
+                     [{"run_id": run_id, "repo_id": i, "state": "queued"} for i in sorted(ids)])
+
+
+def claim_stuck_shadow(conn: Connection, run_id: int, older_than_s: float, limit: int) -> list[str]:
+    """A canary's repos queued (or failed, awaiting a retry) longer than ``older_than_s``: re-stamp and
+    return them for re-sending (their message was lost), like claim_stuck_jobs for live repos."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    ids = list(conn.execute(
+        sa.select(shadow_results.c.repo_id)
+        .where(shadow_results.c.run_id == run_id, shadow_results.c.state.in_(("queued", "failed")),
+               shadow_results.c.updated_at < cutoff)
+        .order_by(shadow_results.c.repo_id).limit(limit).with_for_update(skip_locked=True)
+    ).scalars())
+    if ids:
+        conn.execute(sa.update(shadow_results).where(shadow_results.c.run_id == run_id,
+                                                     shadow_results.c.repo_id.in_(ids))
+                     .values(state="queued", updated_at=sa.func.now()))
+    return ids
+
+
+def shadow_attempts(conn: Connection, run_id: int, ids: Sequence[str]) -> dict[str, int]:
+    rows = conn.execute(sa.select(shadow_results.c.repo_id, shadow_results.c.attempts).where(
+        shadow_results.c.run_id == run_id, shadow_results.c.repo_id.in_(list(ids))))
+    return {repo_id: attempts for repo_id, attempts in rows}
+
+
+def write_shadow_results(conn: Connection, run_id: int, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A canary's outcomes: result rows (state done, configuration, tag_ids...), or failures (state
+    failed or dead, attempts, error). Only the run's own rows are written: never a live table."""
+    for row in sorted(rows, key=lambda r: r["repo_id"]):
+        query = sa.update(shadow_results).where(shadow_results.c.run_id == run_id,
+                                                shadow_results.c.repo_id == row["repo_id"])
+        if row["state"] != "done":  # a redelivered copy that failed never undoes a result
+            query = query.where(shadow_results.c.state != "done")
+        conn.execute(query.values(**{k: v for k, v in row.items() if k != "repo_id"}, updated_at=sa.func.now()))
+
+
+def shadow_against_live(conn: Connection, run_id: int) -> list[dict[str, Any]]:
+    """Each repo of a canary's sample: its name, state, shadow tags, live tags (None: untagged) and
+    whether it is pinned, in id order."""
+    query = (
+        sa.select(shadow_results.c.repo_id, repos.c.name, shadow_results.c.state,
+                  shadow_results.c.tag_ids.label("shadow"), results.c.tag_ids.label("live"),
+                  (results.c.backend == MANUAL).label("pinned"))
+        .join(repos, repos.c.id == shadow_results.c.repo_id)
+        .outerjoin(results, results.c.repo_id == shadow_results.c.repo_id)
+        .where(shadow_results.c.run_id == run_id)
+        .order_by(shadow_results.c.repo_id)
+    )
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def promotable_shadow_results(conn: Connection, run_id: int) -> list[dict[str, Any]]:
+    """A canary's results not promoted yet, as result rows for upsert_results."""
+    columns = ("repo_id", "tag_ids", "backend", "model", "prompt_version", "taxonomy_version", "readme_hash",
+               "readme_version", "raw_output", "latency_ms", "tag_scores", "confidence")
+    rows = conn.execute(
+        sa.select(*(shadow_results.c[c] for c in columns)).where(
+            shadow_results.c.run_id == run_id, shadow_results.c.state == "done",
+            shadow_results.c.promoted_at.is_(None)).order_by(shadow_results.c.repo_id)
+    ).mappings()
+    return [dict(row) | {"run_id": run_id} for row in rows]
+
+
+def mark_promoted(conn: Connection, run_id: int, ids: Sequence[str]) -> None:
+    for start in range(0, len(ids), 5000):
+        conn.execute(sa.update(shadow_results).where(shadow_results.c.run_id == run_id,
+                                                     shadow_results.c.repo_id.in_(list(ids[start : start + 5000])))
+                     .values(promoted_at=sa.func.now()))
+    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(promoted_at=sa.func.now()))
+
+
+def results_of_run(conn: Connection, run_id: int, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` hold a live result written by run ``run_id``."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        found |= set(conn.execute(sa.select(results.c.repo_id).where(
+            results.c.run_id == run_id, results.c.repo_id.in_(list(ids[start : start + 5000])))).scalars())
+    return found
+
+
+def iter_export(conn: Connection, page: int = 5000) -> Iterator[tuple[str, list[int], list[float] | None, bool]]:
+    """(repo_id, tag_ids, tag_scores or None, pinned by hand) for every tagged repo, in id order, page by page."""
+    after = ""
+    while True:
+        rows = conn.execute(
+            sa.select(results.c.repo_id, results.c.tag_ids, results.c.tag_scores, results.c.backend == MANUAL)
+            .where(results.c.repo_id > after).order_by(results.c.repo_id).limit(page)
+        ).all()
+        if not rows:
+            return
+        for repo_id, tag_ids, tag_scores, pinned in rows:
+            yield (repo_id, list(tag_ids), None if tag_scores is None else [float(s) for s in tag_scores],
+                   bool(pinned))
+        after = rows[-1][0]

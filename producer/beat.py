@@ -26,7 +26,7 @@ import structlog
 from celery import Celery
 from celery.beat import EmbeddedService
 
-from producer.enqueue import enqueue_selection, sweep_stuck
+from producer.enqueue import RunSpec, enqueue_selection, sweep_stuck
 from tagger.errors import BrokerUnavailable
 from tagger.settings import Settings
 from workers.contract import REFRESH, SWEEP, broker_client, create_app, is_redis, maintenance_queue
@@ -121,7 +121,7 @@ def create_beat_app(settings: Settings) -> Celery:
 
     @app.task(name=REFRESH, ignore_result=True)
     def refresh_stale() -> int:
-        return enqueue_selection(settings, "stale", wait=False).sent
+        return enqueue_selection(settings, "stale", wait=False, run=RunSpec("beat", "scheduled refresh")).sent
 
     return app
 

@@ -23,11 +23,14 @@ from db.engine import get_engine, transaction, translate_errors
 from db.models import repos
 from db.queries import (
     Selection,
+    add_run_enqueued,
     advisory_lock,
     advisory_unlock,
     claim_stuck_jobs,
+    create_run,
     current_taxonomy_version,
     existing_repo_ids,
+    job_run_ids,
     load_taxonomy,
     mark_queued,
     page_repo_ids,
@@ -61,6 +64,16 @@ class EnqueueReport:
     paused_s: float = 0.0
     elapsed_s: float = 0.0
     skipped: bool = False  # another run held the lock (wait=False)
+    run_id: int | None = None  # the run recorded for this work (none when nothing was sent)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Who starts a run (a user name, "beat"...) and an optional label; recorded with the configuration
+    and the selection when the first batch is sent, so an enqueue that finds nothing to do leaves no run."""
+
+    started_by: str
+    label: str | None = None
 
 
 @contextmanager
@@ -116,14 +129,34 @@ def iter_selection(settings: Settings, selection: Selection, page_size: int = PA
         after = page[-1]
 
 
-class Sender:
-    """Sends batches over one broker connection, pausing while the queue is above its high-water mark."""
+def record_run(settings: Settings, spec: RunSpec, selection: str, kind: str = "live") -> int:
+    """A new run of ``settings``' configuration; its id."""
+    configuration = current_configuration(settings)
+    with transaction(settings.database_url) as conn:
+        run_id = create_run(conn, kind=kind, started_by=spec.started_by, label=spec.label, selection=selection,
+                            configuration=configuration)
+    log.info("run_started", run_id=run_id, kind=kind, started_by=spec.started_by, label=spec.label,
+             selection=selection, **configuration)
+    return run_id
 
-    def __init__(self, settings: Settings, on_pause: Callable[[int], None] | None = None) -> None:
+
+class Sender:
+    """Sends batches over one broker connection, pausing while the queue is above its high-water mark.
+
+    Each message carries the id of its run: ``run_id`` (an existing run: a canary), or one recorded from
+    ``run`` at the first send. ``shadow``: a canary's batches, whose state lives in its shadow results,
+    never in the live job states."""
+
+    def __init__(self, settings: Settings, on_pause: Callable[[int], None] | None = None, *,
+                 run: RunSpec | None = None, selection: str = "", run_id: int | None = None,
+                 shadow: bool = False) -> None:
         self.settings = settings
         self.app = create_app(settings)
         self.on_pause = on_pause
-        self.report = EnqueueReport()
+        self.report = EnqueueReport(run_id=run_id)
+        self.run = run
+        self.selection = selection
+        self.shadow = shadow
         self._since_check: int | None = None  # None: check before the first message
 
     @property
@@ -153,14 +186,21 @@ class Sender:
         self.report.paused_s += time.monotonic() - started
         log.info("enqueue_resumed", queue_depth=depth, paused_s=round(time.monotonic() - started, 2))
 
-    def send(self, ids: Sequence[str], *, reset_attempts: bool = True) -> None:
+    def send(self, ids: Sequence[str], *, reset_attempts: bool = True, run_id: int | None = None) -> None:
+        """Send ``ids`` in batches, under ``run_id`` if given (the sweeper: each repo's own run)."""
+        if ids and run_id is None and self.report.run_id is None and self.run is not None:
+            self.report.run_id = record_run(self.settings, self.run, self.selection)
+        run_id = run_id if run_id is not None else self.report.run_id
         for start in range(0, len(ids), self.settings.batch_size):
             batch = list(ids[start : start + self.settings.batch_size])
             self._wait_for_room()
             with transaction(self.settings.database_url) as conn:
-                mark_queued(conn, batch, reset_attempts=reset_attempts)
+                if not self.shadow:
+                    mark_queued(conn, batch, reset_attempts=reset_attempts, run_id=run_id)
+                if run_id is not None and reset_attempts:
+                    add_run_enqueued(conn, run_id, len(batch))
             try:
-                self.app.send_task(TAG_BATCH, (batch,), queue=self.settings.queue, retry=True,
+                self.app.send_task(TAG_BATCH, (batch, run_id), queue=self.settings.queue, retry=True,
                                    retry_policy={"max_retries": 3, "interval_start": 0.5})
             except KombuOperationalError as exc:
                 raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
@@ -174,25 +214,30 @@ def _progress(total: int | None, enabled: bool) -> tqdm:
                 desc="enqueue")
 
 
+UNKNOWN_USER = RunSpec("unknown")
+
+
 def enqueue_selection(
-    settings: Settings, selection: Selection, *, progress: bool = False, wait: bool = True
+    settings: Settings, selection: Selection, *, progress: bool = False, wait: bool = True,
+    run: RunSpec = UNKNOWN_USER,
 ) -> EnqueueReport:
-    """Enqueue every repo in ``selection``. Runs of 'stale' and 'untagged' are serialized by an advisory
-    lock, so two of them (two beats, beat and a person) never send the same repo twice; with
-    ``wait=False`` a run that finds the lock taken does nothing (``report.skipped``)."""
+    """Enqueue every repo in ``selection``, as one run (``run``: who started it). Runs of 'stale' and
+    'untagged' are serialized by an advisory lock, so two of them (two beats, beat and a person) never
+    send the same repo twice; with ``wait=False`` a run that finds the lock taken does nothing
+    (``report.skipped``)."""
     if selection == "all":
-        return _enqueue_selection(settings, selection, progress)
+        return _enqueue_selection(settings, selection, progress, run)
     with exclusive(settings.database_url, SELECTION_LOCK, wait=wait) as held:
         if not held:
             log.info("enqueue_skipped", selection=selection, reason="another run holds the lock")
             return EnqueueReport(skipped=True)
-        return _enqueue_selection(settings, selection, progress)
+        return _enqueue_selection(settings, selection, progress, run)
 
 
-def _enqueue_selection(settings: Settings, selection: Selection, progress: bool) -> EnqueueReport:
+def _enqueue_selection(settings: Settings, selection: Selection, progress: bool, run: RunSpec) -> EnqueueReport:
     started = time.monotonic()
     total = count_selection(settings, selection) if progress else None
-    sender = Sender(settings)
+    sender = Sender(settings, run=run, selection=selection)
     with _progress(total, progress) as bar:
         sender.on_pause = lambda depth: bar.set_postfix_str(f"queue full ({depth} batches), waiting")
         for page in iter_selection(settings, selection):
@@ -200,14 +245,16 @@ def _enqueue_selection(settings: Settings, selection: Selection, progress: bool)
             bar.update(len(page))
             bar.set_postfix_str("")
     sender.report.elapsed_s = time.monotonic() - started
-    log.info("enqueued", selection=selection, repos=sender.report.sent, batches=sender.report.batches)
+    log.info("enqueued", selection=selection, repos=sender.report.sent, batches=sender.report.batches,
+             run_id=sender.report.run_id)
     return sender.report
 
 
-def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool = False) -> EnqueueReport:
-    """Enqueue explicit ids (``--ids``, ``--file``): validated, deduplicated, unknown ids reported."""
+def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool = False,
+                run: RunSpec = UNKNOWN_USER) -> EnqueueReport:
+    """Enqueue explicit ids (``--ids``, ``--file``) as one run: validated, deduplicated, unknown ids reported."""
     started = time.monotonic()
-    sender = Sender(settings)
+    sender = Sender(settings, run=run, selection="ids")
     report = sender.report
     seen_in_chunk: set[str]
     iterator = iter(raw_ids)
@@ -237,7 +284,7 @@ def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool
             bar.update(len(chunk))
     report.elapsed_s = time.monotonic() - started
     log.info("enqueued", selection="ids", repos=report.sent, batches=report.batches, unknown=report.unknown,
-             invalid=len(report.invalid), duplicates=report.duplicates)
+             invalid=len(report.invalid), duplicates=report.duplicates, run_id=report.run_id)
     return report
 
 
@@ -260,9 +307,15 @@ def _sweep_stuck(settings: Settings, older_than_s: float | None) -> int:
     while True:
         with transaction(settings.database_url) as conn:
             ids = claim_stuck_jobs(conn, older_than, PAGE_SIZE)
+            run_of = job_run_ids(conn, ids) if ids else {}
         if not ids:
             break
-        sender.send(ids, reset_attempts=False)
+        # Each repo goes again under the run that enqueued it: its result is still that run's.
+        by_run: dict[int | None, list[str]] = {}
+        for repo_id in ids:
+            by_run.setdefault(run_of.get(repo_id), []).append(repo_id)
+        for run_id, group in sorted(by_run.items(), key=lambda item: item[0] or 0):
+            sender.send(group, reset_attempts=False, run_id=run_id)
         swept += len(ids)
         if len(ids) < PAGE_SIZE:
             break

@@ -17,14 +17,18 @@ from db.queries import (
     ReadmeRow,
     delete_dead_letters,
     fetch_readmes,
+    get_run,
     job_attempts,
+    lock_run_for_write,
     mark_done,
     record_dead_letters,
     schedule_retries,
+    shadow_attempts,
     upsert_results,
+    write_shadow_results,
 )
 from tagger.engine import Tagged, TaggingEngine
-from tagger.errors import BackendUnavailable, RepoNotFound, TaggerError
+from tagger.errors import BackendUnavailable, ConfigError, RepoNotFound, TaggerError
 from workers.retry import GiveUp, Retry, RetryPolicy, backoff, decide
 from workers.runtime import Runtime
 
@@ -138,8 +142,11 @@ def write_plan(
     readmes: Mapping[str, ReadmeRow],
     configuration: Mapping[str, object],
     task_id: str | None,
+    run_id: int | None = None,
+    keep_results: bool = True,
 ) -> None:
-    """Every outcome of the batch, in the caller's transaction."""
+    """Every outcome of the batch, in the caller's transaction. ``keep_results`` False (the run was
+    rolled back meanwhile): the repos are done, their results dropped."""
     upsert_results(
         conn,
         [
@@ -154,8 +161,10 @@ def write_plan(
                 "latency_ms": result.latency_ms,
                 "tag_scores": list(result.scores) if result.scores else None,
                 "confidence": result.scores[0] if result.scores else None,
+                "run_id": run_id,
             }
             for repo_id, result in plan.results.items()
+            if keep_results
         ],
     )
     mark_done(conn, plan.tagged, task_id)
@@ -168,19 +177,89 @@ def write_plan(
     record_dead_letters(conn, letters, task_id)
 
 
-def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None) -> BatchPlan:
-    """Raises only for faults of the whole batch (database down); per-repo failures are recorded."""
+def write_shadow_plan(
+    conn: Connection,
+    plan: BatchPlan,
+    readmes: Mapping[str, ReadmeRow],
+    configuration: Mapping[str, object],
+    run_id: int,
+) -> None:
+    """A canary's batch: the same plan, kept in its shadow results only (retries counted there too), so
+    no reader of live results, job states or dead letters ever sees it."""
+    rows: list[dict[str, Any]] = [
+        {
+            "repo_id": repo_id,
+            "state": "done",
+            "error": None,
+            "tag_ids": [t.id for t in result.tags],
+            **configuration,
+            "readme_hash": readmes[repo_id].readme_hash,
+            "readme_version": readmes[repo_id].readme_version,
+            "raw_output": result.raw.replace("\x00", ""),
+            "latency_ms": result.latency_ms,
+            "tag_scores": list(result.scores) if result.scores else None,
+            "confidence": result.scores[0] if result.scores else None,
+        }
+        for repo_id, result in plan.results.items()
+    ]
+    rows += [{"repo_id": r.repo_id, "state": "failed", "attempts": r.attempts, "error": r.reason[:2000]}
+             for r in plan.retries]
+    rows += [{"repo_id": d.repo_id, "state": "dead", "attempts": d.attempts,
+              "error": f"{d.error_class}: {d.message}"[:2000]} for d in plan.dead_letters]
+    write_shadow_results(conn, run_id, rows)
+
+
+class WrongWorker(ConfigError):
+    """A message this worker must not tag: a canary's batch on a live worker, or another run's batch on
+    a canary worker (whose configuration is only checked against its own run)."""
+
+
+def check_run(run: Mapping[str, Any] | None, run_id: int | None, canary_run: int | None) -> bool:
+    """Whether the batch of ``run_id`` (``run``: its row) is a canary's; raises WrongWorker when this
+    worker (``canary_run``: the canary it serves, None for a live worker) must not take it."""
+    if canary_run is not None:
+        if run_id != canary_run or run is None:
+            raise WrongWorker(f"a worker of canary run {canary_run} got a batch of run {run_id}")
+        return True
+    if run is not None and run["kind"] == "canary":
+        raise WrongWorker(f"a live worker got a batch of canary run {run_id}")
+    return False
+
+
+def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None, run_id: int | None = None,
+                  canary_run: int | None = None) -> BatchPlan:
+    """Raises only for faults of the whole batch (database down) and for a batch this worker must not
+    take (WrongWorker); per-repo failures are recorded. A canary's batch is written to its shadow results
+    only (write_shadow_plan)."""
     url = runtime.settings.database_url
     ids = sorted(set(repo_ids))
     with transaction(url) as conn:
+        run = get_run(conn, run_id) if run_id is not None else None
         readmes = fetch_readmes(conn, ids)
+    shadow = check_run(run, run_id, canary_run)
+    if run_id is not None and run is None:
+        log.warning("unknown_run", run_id=run_id, task_id=task_id)
+        run_id = None
     tagging = tag_found(runtime.engine, ids, readmes)
     failed = [i for i, outcome in tagging.per_repo.items() if not isinstance(outcome, Tagged)]
     with transaction(url) as conn:
         # Read in the transaction that writes them: a redelivered copy of this batch cannot double-count.
-        attempts = job_attempts(conn, sorted(failed)) if failed else {}
+        if not failed:
+            attempts: Mapping[str, int] = {}
+        elif shadow and run_id is not None:
+            attempts = shadow_attempts(conn, run_id, sorted(failed))
+        else:
+            attempts = job_attempts(conn, sorted(failed))
         plan = plan_batch(tagging, attempts, runtime.retry_policy)
-        write_plan(conn, plan, readmes, runtime.configuration, task_id)
+        locked = lock_run_for_write(conn, run_id) if run_id is not None else None
+        rolled_back = locked is not None and locked["rolled_back_at"] is not None
+        if shadow and run_id is not None:
+            write_shadow_plan(conn, plan, readmes, runtime.configuration, run_id)
+        else:
+            write_plan(conn, plan, readmes, runtime.configuration, task_id, run_id, keep_results=not rolled_back)
+    if rolled_back and plan.results:
+        log.warning("results_dropped", run_id=run_id, task_id=task_id, repos=len(plan.results),
+                    reason="the run was rolled back")
     _log_plan(plan, task_id)
     return plan
 

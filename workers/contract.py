@@ -2,7 +2,8 @@
 app every process builds from its settings, and the broker client that reads queue depths.
 
 JSON only, late acks, one message at a time per worker process. A tagging message is a list of repo
-ids; Postgres, not the message, says what a repo needs.
+ids and the id of the run that sent them (one per message); Postgres, not the message, says what a
+repo needs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def maintenance_queue(queue: str) -> str:
     """Where beat sends the sweep and the stale refresh: a queue of its own, consumed by the `tagger beat`
     leader, so a refresh that waits on backpressure never holds a GPU worker (which would deadlock it)."""
     return f"{queue}.maintenance"
+
+
+def canary_queue(queue: str, run_id: int) -> str:
+    """Where a canary run's batches go: a queue of their own, consumed only by `tagger worker --canary RUN`
+    (which checks that it runs the canary's configuration), never by the live workers."""
+    return f"{queue}.canary.{run_id}"
 
 
 def create_app(settings: Settings) -> Celery:

@@ -11,7 +11,7 @@ from celery.signals import worker_process_init
 
 from tagger.errors import BrokerUnavailable, DatabaseUnavailable, TaggerError
 from tagger.settings import Settings
-from workers.batch import process_batch
+from workers.batch import WrongWorker, process_batch
 from workers.contract import TAG_BATCH, create_app
 from workers.retry import GiveUp, decide
 from workers.runtime import Runtime
@@ -23,8 +23,9 @@ class RuntimeHolder:
     """The worker process's runtime (its model): given at start, or loaded once on first use (in each
     child of a prefork pool, after the fork)."""
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, canary_run: int | None = None) -> None:
         self.settings = settings
+        self.canary_run = canary_run  # the canary run this worker serves; None: a live worker
         self._runtime = runtime
         self._lock = threading.Lock()
 
@@ -35,11 +36,12 @@ class RuntimeHolder:
             return self._runtime
 
 
-def create_worker_app(settings: Settings, runtime: Runtime | None = None) -> Celery:
+def create_worker_app(settings: Settings, runtime: Runtime | None = None, canary_run: int | None = None) -> Celery:
     """The worker's app: the contract's app with the tagging task on it. Pass ``runtime`` when the model
-    is already loaded (the threads and solo pools load it before consuming; so does the demo)."""
+    is already loaded (the threads and solo pools load it before consuming; so does the demo). A canary
+    worker (``canary_run``) has ``settings.queue`` set to the canary's queue and tags only its batches."""
     app = create_app(settings)
-    holder = RuntimeHolder(settings, runtime)
+    holder = RuntimeHolder(settings, runtime, canary_run)
     register_tag_batch(app, holder)
     if runtime is None:
         worker_process_init.connect(lambda **_: holder.get(), weak=False)
@@ -51,14 +53,20 @@ def register_tag_batch(app: Celery, holder: RuntimeHolder) -> Task:
     # batch after a few seconds of database outage (retry(max_retries=None) means "the task's default").
     @app.task(bind=True, name=TAG_BATCH, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
               max_retries=None)
-    def tag_batch(self: Task, repo_ids: list[str]) -> dict[str, int]:
+    def tag_batch(self: Task, repo_ids: list[str], run_id: int | None = None) -> dict[str, int]:
         task_id = self.request.id
         runtime = holder.get()
         structlog.contextvars.bind_contextvars(
-            task_id=task_id, batch_size=len(repo_ids), backend=runtime.tagger.name, model=runtime.tagger.model
+            task_id=task_id, batch_size=len(repo_ids), backend=runtime.tagger.name, model=runtime.tagger.model,
+            run_id=run_id,
         )
         try:
-            plan = process_batch(runtime, repo_ids, task_id)
+            plan = process_batch(runtime, repo_ids, task_id, run_id, holder.canary_run)
+        except WrongWorker as exc:
+            # Routing keeps this from happening (a canary has its own queue); should it happen anyway,
+            # the batch is not tagged with the wrong configuration: dropped, loudly.
+            log.error("message_refused", repo_ids=repo_ids[:20], run_id=run_id, error=str(exc))
+            return {"tagged": 0, "retried": 0, "dead": 0}
         except (DatabaseUnavailable, BrokerUnavailable) as exc:
             decision = decide(self.request.retries + 1, exc, runtime.retry_policy)
             if isinstance(decision, GiveUp):
@@ -82,7 +90,7 @@ def register_tag_batch(app: Celery, holder: RuntimeHolder) -> Task:
                 middle = (len(ids) + 1) // 2 if plan.split_retry else len(ids)
                 for group in (ids[:middle], ids[middle:]):
                     if group:
-                        tag_batch.apply_async((group,), countdown=plan.retry_delay_s)
+                        tag_batch.apply_async((group, run_id), countdown=plan.retry_delay_s)
             except Exception as exc:  # their state says 'failed' in Postgres: the sweeper re-sends them
                 log.warning("retry_publish_failed", task_id=task_id, repo_ids=plan.retry_ids[:20], error=str(exc))
         # The bound context is cleared by now: the task's fields are given again.

@@ -1,0 +1,235 @@
+"""Re-tagging you can trust: runs, the shadow canary (canary, diff, promote), rollback, pinned tags,
+a repo's history."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.base import cli, operator, settings_with
+from db.engine import transaction
+from db.queries import list_runs, run_counts
+from producer.enqueue import RunSpec
+from producer.runs import (
+    diff_run,
+    find_run,
+    history,
+    promote_run,
+    rollback,
+    set_manual_tags,
+    start_canary,
+    unset_manual_tags,
+)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _state(run: Mapping[str, Any]) -> str:
+    if run["rolled_back_at"]:
+        return "rolled back"
+    if run["promoted_at"]:
+        return "promoted"
+    return ""
+
+
+@cli.command("runs")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="The newest runs only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def runs_(limit: int, as_json: bool) -> None:
+    """The runs, newest first: who started them, the configuration, the selection, their progress."""
+    settings = settings_with()
+    with transaction(settings.database_url) as conn:
+        rows = [run | {"counts": run_counts(conn, run)} for run in list_runs(conn, limit)]
+    if as_json:
+        for run in rows:
+            click.echo(json.dumps(_jsonable(run)))
+        return
+    click.echo(f"{'id':>5} {'kind':<6} {'started (UTC)':<19} {'by':<20} {'backend/model':<32} {'selection':<20} "
+               f"{'sent':>7} {'done':>7}  state")
+    for run in rows:
+        counts = run["counts"]
+        sent = counts.get("enqueued", counts.get("sample", 0))
+        config = f"{run['backend']}/{run['model']}"
+        if len(config) > 32:
+            config = "..." + config[-29:]
+        by = run["started_by"] + (f" ({run['label']})" if run["label"] else "")
+        click.echo(f"{run['id']:>5} {run['kind']:<6} {_when(run['started_at']):<19} {by[:20]:<20} {config:<32} "
+                   f"{run['selection'][:20]:<20} {sent:>7} {counts['done']:>7}  {_state(run)}")
+
+
+def show_run(run_id: int, as_json: bool) -> None:
+    """`tagger status --run ID`: one run, its configuration and its counts."""
+    run = find_run(settings_with(), run_id)
+    if as_json:
+        click.echo(json.dumps(_jsonable(run)))
+        return
+    for key in ("id", "kind", "started_at", "started_by", "label", "backend", "model", "prompt_version",
+                "taxonomy_version", "selection", "promoted_at", "rolled_back_at"):
+        value = run[key]
+        click.echo(f"{key:<22} {_when(value) if isinstance(value, datetime) else value if value is not None else '-'}")
+    for key, value in run["counts"].items():
+        click.echo(f"{key:<22} {value}")
+
+
+@cli.command()
+@click.option("--sample", "size", type=int, required=True, help="Repos in the sample (drawn at random).")
+@click.option("--seed", type=int, help="Seed of the draw: the same seed over the same index draws the same "
+              "sample. Default: a random one, printed.")
+@click.option("--label", help="A note recorded with the run (what is being tried).")
+def canary(size: int, seed: int | None, label: str | None) -> None:
+    """Tag a random sample with this configuration into shadow results that no live reader sees.
+
+    \b
+    The configuration is the TAGGER_* settings, as a worker takes them (backend, model, prompt,
+    shortlist...). The sample goes to a queue of its own, <TAGGER_QUEUE>.canary.<RUN>, which only
+    a worker started with the same settings and `--canary RUN` consumes:
+      TAGGER_MODEL=new.gguf tagger canary --sample 1000 --seed 7      prints RUN
+      TAGGER_MODEL=new.gguf tagger worker --canary RUN                tags the sample
+      tagger diff RUN                                                 what would change
+      tagger promote RUN                                              the sample's new tags go live
+    """
+    settings = settings_with()
+    chosen = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
+
+    def started(run_id: int, queue: str) -> None:
+        click.echo(f"canary run {run_id} (seed {chosen}): start its worker with the same settings: "
+                   f"tagger worker --canary {run_id}")
+
+    report = start_canary(settings, size, chosen, RunSpec(operator(), label), on_started=started)
+    click.echo(f"canary run {report.run_id}: {report.sample} repos sent in {report.batches} batches to queue "
+               f"{report.queue}")
+    config = " ".join(f"{k}={v}" for k, v in report.configuration.items())
+    click.echo(f"configuration: {config}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--gold", "gold_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labelled repos (JSON Lines with repo, readme, gold) : quality of live and shadow tags on "
+              "those in the sample, matched by repo id or name.")
+@click.option("--top", type=click.IntRange(0), default=10, show_default=True, help="Repos that changed most, shown.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def diff(run_id: int, gold_file: Path | None, top: int, as_json: bool) -> None:
+    """A canary's shadow results against the live ones on its sample: what promoting it would change."""
+    result = diff_run(settings_with(), run_id, top=top, gold_file=gold_file)
+    if as_json:
+        click.echo(json.dumps(result.as_json()))
+        return
+    share = f"{result.share_unchanged:.1%}" if result.share_unchanged is not None else "-"
+    click.echo(f"canary {run_id}: sample {result.sample}, tagged {result.done}, pending {result.pending}, "
+               f"failed {result.dead}")
+    click.echo(f"unchanged: {result.unchanged} of {result.done} ({share}); pinned by hand (never promoted): "
+               f"{result.pinned}")
+    click.echo("added:   " + (", ".join(f"{k} +{v}" for k, v in result.added.items()) or "-"))
+    click.echo("removed: " + (", ".join(f"{k} -{v}" for k, v in result.removed.items()) or "-"))
+    if result.changed_most:
+        click.echo("changed most:")
+        width = max(len(c["id"]) for c in result.changed_most)
+        for change in result.changed_most:
+            click.echo(f"  {change['id']:<{width}}  {', '.join(change['old']) or '(none)'}  ->  "
+                       f"{', '.join(change['new']) or '(none)'}")
+    if result.gold is not None:
+        click.echo(f"on {result.gold['labelled']} labelled repos of the sample:")
+        for side in ("live", "shadow"):
+            scores = result.gold[side]
+            if scores:
+                click.echo(f"  {side:<7} precision {scores['precision']:.3f}  recall {scores['recall']:.3f}  "
+                           f"F1 {scores['f1']:.3f}  primary@3 {scores['primary_at_3']:.3f}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN", type=int)
+def promote(run_id: int) -> None:
+    """Write a canary's results to live (pinned repos excepted). Promoting twice changes nothing more.
+
+    The promoted results record the canary's configuration: switch the live workers and beat to it too,
+    or the next stale refresh re-tags them under the old one. `tagger rollback RUN` undoes a promote.
+    """
+    report = promote_run(settings_with(), run_id)
+    click.echo(f"promoted {report.promoted} results of canary {run_id}"
+               + (f"; {report.already} promoted before" if report.already else ""))
+    if report.skipped:
+        sample = ", ".join(report.skipped[:10])
+        click.echo(f"not promoted (pinned by hand, or README changed since): {len(report.skipped)}: {sample}",
+                   err=True)
+    if report.pending:
+        click.echo(f"{report.pending} repos of the sample are not tagged yet: promote again once they are", err=True)
+
+
+@cli.command("rollback")
+@click.argument("run_id", metavar="RUN", type=int)
+def rollback_(run_id: int) -> None:
+    """Restore, for every repo RUN changed, the version before it; repos changed again since, or pinned,
+    are reported and left alone. The run's batches still in flight are dropped when they arrive."""
+    report = rollback(settings_with(), run_id)
+    click.echo(f"run {run_id} rolled back: {len(report.restored)} restored, {len(report.removed)} untagged "
+               f"(the run had tagged them first)")
+    for what, ids in (("changed again since", report.changed_since), ("pinned by hand", report.pinned)):
+        if ids:
+            click.echo(f"not touched, {what}: {len(ids)}: {', '.join(ids[:10])}", err=True)
+
+
+@cli.command("history")
+@click.argument("repo_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version, newest first.")
+def history_(repo_id: str, as_json: bool) -> None:
+    """A repo's tags over time, newest first: the live version, then each one it replaced."""
+    versions, pin, names = history(settings_with(), repo_id)
+    if as_json:
+        for version in versions:
+            click.echo(json.dumps(_jsonable(version)))
+        return
+    if pin:
+        click.echo(f"pinned by {pin['set_by']} at {_when(pin['set_at'])}" + (f": {pin['note']}" if pin["note"] else ""))
+    if not versions:
+        click.echo("never tagged")
+    for version in versions:
+        tags = ", ".join(names.get(i, str(i)) for i in version["tag_ids"]) or "(none)"
+        source = (f"manual ({version['model']})" if version["backend"] == "manual"
+                  else f"run {version['run_id'] or '-'} {version['backend']}/{version['model']} "
+                       f"{version['prompt_version']} taxonomy {version['taxonomy_version']}")
+        until = ("live" if version["replaced_reason"] is None
+                 else f"replaced {_when(version['replaced_at'])} by {version['replaced_reason']}"
+                 + (f" {version['replaced_by_run']}" if version["replaced_by_run"] else ""))
+        click.echo(f"{_when(version['tagged_at'])}  {tags:<40} {source}  [{until}]")
+
+
+@cli.group()
+def tags() -> None:
+    """Tags pinned by hand: no run, refresh, sweep or promote replaces them."""
+
+
+@tags.command("set")
+@click.argument("repo_id", metavar="ID")
+@click.argument("tag_names", metavar="TAG[,TAG...]")
+@click.option("--note", default="", help="Why (kept with who and when).")
+def tags_set(repo_id: str, tag_names: str, note: str) -> None:
+    """Pin a repo's tags (at most 3 names of the taxonomy); `tagger export` marks them "source": "manual"."""
+    pinned = set_manual_tags(settings_with(), repo_id, tag_names, set_by=operator(), note=note)
+    click.echo(f"{repo_id}: pinned {', '.join(pinned)}")
+
+
+@tags.command("unset")
+@click.argument("repo_id", metavar="ID")
+def tags_unset(repo_id: str) -> None:
+    """Release a repo's pinned tags: its last machine result comes back (or none: the next refresh tags it)."""
+    unset_manual_tags(settings_with(), repo_id)
+    click.echo(f"{repo_id}: pin released")

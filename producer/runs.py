@@ -1,0 +1,344 @@
+"""Re-tagging you can trust: a shadow canary of a new configuration on a reproducible sample, its diff
+against the live results, its promotion, a run's rollback, tags pinned by hand, a repo's history.
+
+Every change is one transaction. Rollback and promote lock the run's row first: the run's writes in
+flight finish before, and its later writes see the mark (db.queries.lock_run_for_write).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from db.engine import transaction
+from db.queries import (
+    RollbackReport,
+    claim_stuck_shadow,
+    create_run,
+    current_taxonomy_version,
+    get_pin,
+    get_run,
+    insert_shadow_queued,
+    load_taxonomy,
+    lock_run,
+    mark_promoted,
+    pin_tags,
+    promotable_shadow_results,
+    repo_exists,
+    result_versions,
+    results_of_run,
+    rollback_run,
+    run_counts,
+    shadow_against_live,
+    unpin_tags,
+    upsert_results,
+)
+from producer.enqueue import PAGE_SIZE, RunSpec, Sender, current_configuration, iter_selection
+from tagger.errors import ConfigError, InputError
+from tagger.evaluation import load_gold, score
+from tagger.ids import validate_repo_id
+from tagger.settings import Settings
+from tagger.taxonomy import Taxonomy
+from workers.contract import canary_queue
+
+log = structlog.get_logger("tagger.producer")
+
+CONFIGURATION_KEYS = ("backend", "model", "prompt_version", "taxonomy_version")
+MAX_TAGS = 3
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+
+def find_run(settings: Settings, run_id: int, kind: str | None = None) -> dict[str, Any]:
+    """The run and its counts; InputError when there is no such run (or not of ``kind``)."""
+    with transaction(settings.database_url) as conn:
+        run = get_run(conn, run_id)
+        if run is None:
+            raise InputError(f"there is no run {run_id} (see `tagger runs`)")
+        if kind is not None and run["kind"] != kind:
+            raise InputError(f"run {run_id} is a {run['kind']} run, not a {kind} run")
+        return run | {"counts": run_counts(conn, run)}
+
+
+# --- canary ------------------------------------------------------------------------------------------
+
+
+def sample_key(seed: int, repo_id: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{repo_id}".encode(), digest_size=8).digest()
+
+
+def choose_sample(ids: Iterable[str], n: int, seed: int) -> list[str]:
+    """``n`` ids drawn at random, reproducibly: the same seed over the same index gives the same sample,
+    whatever the order the ids come in, in memory proportional to ``n`` (a heap), in id order."""
+    return sorted(heapq.nsmallest(n, ids, key=lambda repo_id: sample_key(seed, repo_id)))
+
+
+@dataclass
+class CanaryReport:
+    run_id: int
+    queue: str
+    sample: int
+    batches: int
+    configuration: dict[str, object]
+
+
+def canary_settings(settings: Settings, run_id: int) -> Settings:
+    """The settings a canary's producer and workers use: the canary's own queue."""
+    return settings.model_copy(update={"queue": canary_queue(settings.queue, run_id)})
+
+
+def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
+                 on_started: Callable[[int, str], None] | None = None) -> CanaryReport:
+    """Record a canary run of ``settings``' configuration over a sample of ``n`` repos, and send the
+    sample to the canary's queue. Nothing live is touched: job states stay as they are. ``on_started``
+    (run id, queue) is called before the first batch is sent: a sample larger than the queue's high-water
+    mark waits for the canary's worker, which needs the run id to start."""
+    if n < 1:
+        raise InputError(f"the sample must hold at least one repo, not {n}")
+    configuration = current_configuration(settings)
+    if configuration["taxonomy_version"] is None:
+        raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
+    ids = choose_sample((i for page in iter_selection(settings, "all", PAGE_SIZE) for i in page), n, seed)
+    if not ids:
+        raise InputError("the index holds no repos: there is nothing to sample")
+    with transaction(settings.database_url) as conn:
+        run_id = create_run(conn, kind="canary", started_by=spec.started_by, label=spec.label,
+                            selection=f"sample {n} seed {seed}", configuration=configuration)
+        insert_shadow_queued(conn, run_id, ids)
+    log.info("run_started", run_id=run_id, kind="canary", started_by=spec.started_by, label=spec.label,
+             sample=len(ids), seed=seed, **configuration)
+    shadow = canary_settings(settings, run_id)
+    if on_started is not None:
+        on_started(run_id, shadow.queue)
+    sender = Sender(shadow, run_id=run_id, shadow=True)
+    sender.send(ids)
+    return CanaryReport(run_id, shadow.queue, len(ids), sender.report.batches, configuration)
+
+
+def sweep_canary(settings: Settings, run_id: int, older_than_s: float) -> int:
+    """Re-send a canary's repos whose message was lost (queued or due for a retry longer than the bound):
+    the canary's sweeper, run by hand (beat sweeps only live work: a canary nobody serves any more must
+    not fill its queue forever)."""
+    find_run(settings, run_id, kind="canary")
+    sender = Sender(canary_settings(settings, run_id), run_id=run_id, shadow=True)
+    swept = 0
+    while True:
+        with transaction(settings.database_url) as conn:
+            ids = claim_stuck_shadow(conn, run_id, older_than_s, PAGE_SIZE)
+        if not ids:
+            break
+        sender.send(ids, reset_attempts=False)
+        swept += len(ids)
+        if len(ids) < PAGE_SIZE:
+            break
+    if swept:
+        log.warning("swept", run_id=run_id, repos=swept, older_than_s=older_than_s)
+    return swept
+
+
+def check_canary_worker(run: Mapping[str, Any], configuration: Mapping[str, object]) -> None:
+    """A canary worker must run exactly the canary's configuration; ConfigError naming the differences."""
+    different = [f"{k} {configuration.get(k)!r} (canary: {run[k]!r})" for k in CONFIGURATION_KEYS
+                 if configuration.get(k) != run[k]]
+    if different:
+        raise ConfigError(f"this worker does not run canary {run['id']}'s configuration: " + "; ".join(different)
+                          + ". Start it with the same TAGGER_* settings as `tagger canary`.")
+
+
+# --- diff ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Diff:
+    run_id: int
+    sample: int
+    done: int
+    pending: int
+    dead: int
+    unchanged: int
+    pinned: int
+    added: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    changed_most: list[dict[str, Any]] = field(default_factory=list)
+    gold: dict[str, Any] | None = None
+
+    @property
+    def share_unchanged(self) -> float | None:
+        return round(self.unchanged / self.done, 4) if self.done else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"run": self.run_id, "sample": self.sample, "done": self.done, "pending": self.pending,
+                "dead": self.dead, "unchanged": self.unchanged, "share_unchanged": self.share_unchanged,
+                "pinned": self.pinned, "added": self.added, "removed": self.removed,
+                "changed_most": self.changed_most, "gold": self.gold}
+
+
+def compare(run_id: int, rows: Sequence[Mapping[str, Any]], names: Mapping[int, str], top: int) -> Diff:
+    """Shadow against live over a canary's sample (rows of db.queries.shadow_against_live). Pure.
+
+    Only repos the canary has tagged are compared; an untagged live repo counts as having no tags."""
+    done = [r for r in rows if r["state"] == "done"]
+    diff = Diff(run_id, len(rows), len(done), sum(r["state"] in ("queued", "failed") for r in rows),
+                sum(r["state"] == "dead" for r in rows), 0, sum(bool(r["pinned"]) for r in done))
+    added: Counter[str] = Counter()
+    removed: Counter[str] = Counter()
+    changes: list[tuple[int, str, list[int], list[int]]] = []
+    for row in done:
+        old, new = list(row["live"] or []), list(row["shadow"] or [])
+        if set(old) == set(new):
+            diff.unchanged += 1
+            continue
+        added.update(names.get(i, str(i)) for i in set(new) - set(old))
+        removed.update(names.get(i, str(i)) for i in set(old) - set(new))
+        changes.append((len(set(old) ^ set(new)), row["repo_id"], old, new))
+    diff.added = dict(sorted(added.items(), key=lambda kv: (-kv[1], kv[0])))
+    diff.removed = dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0])))
+    changes.sort(key=lambda c: (-c[0], c[1]))
+    diff.changed_most = [
+        {"id": repo_id, "old": [names.get(i, str(i)) for i in old], "new": [names.get(i, str(i)) for i in new],
+         "changed": n}
+        for n, repo_id, old, new in changes[:top]
+    ]
+    return diff
+
+
+def score_on_gold(rows: Sequence[Mapping[str, Any]], gold_file: Path, taxonomy: Taxonomy) -> dict[str, Any]:
+    """Quality of live and shadow tags on the sample's labelled repos (matched by repo id or name)."""
+    gold = {g.repo: g for g in load_gold(gold_file, taxonomy)}
+    names = {t.id: t.name for t in taxonomy.tags}
+    labelled = [(gold.get(r["repo_id"]) or gold.get(r["name"] or ""), r) for r in rows if r["state"] == "done"]
+    matched = [(g, r) for g, r in labelled if g is not None]
+    golds = [g for g, _ in matched]
+
+    def tags_of(tag_ids: Any) -> list[str]:
+        return [names[i] for i in (tag_ids or []) if i in names]
+
+    live = score(golds, [tags_of(r["live"]) for _, r in matched]) if matched else None
+    shadow = score(golds, [tags_of(r["shadow"]) for _, r in matched]) if matched else None
+    keep = ("n", "precision", "recall", "f1", "hit_rate", "primary_at_3", "mean_tags")
+    return {"labelled": len(matched),
+            "live": {k: live[k] for k in keep} if live else None,
+            "shadow": {k: shadow[k] for k in keep} if shadow else None}
+
+
+def diff_run(settings: Settings, run_id: int, *, top: int = 10, gold_file: Path | None = None) -> Diff:
+    find_run(settings, run_id, kind="canary")
+    with transaction(settings.database_url) as conn:
+        taxonomy = load_taxonomy(conn)
+        rows = shadow_against_live(conn, run_id)
+    diff = compare(run_id, rows, {t.id: t.name for t in taxonomy.tags}, top)
+    if gold_file is not None:
+        diff.gold = score_on_gold(rows, gold_file, taxonomy)
+    return diff
+
+
+# --- promote and rollback ------------------------------------------------------------------------------
+
+
+@dataclass
+class PromoteReport:
+    run_id: int
+    promoted: int
+    skipped: list[str]  # pinned by hand, or their README changed since the canary read it
+    pending: int  # not tagged by the canary yet: promote again once they are
+    already: int  # promoted before
+
+
+def promote_run(settings: Settings, run_id: int) -> PromoteReport:
+    """Write a canary's results to live, except pinned repos and repos whose README changed since (the
+    write step's own conditions). Only what was not promoted before: promoting twice is harmless."""
+    find_run(settings, run_id, kind="canary")
+    with transaction(settings.database_url) as conn:
+        run = lock_run(conn, run_id)
+        if run is None or run["rolled_back_at"] is not None:
+            raise InputError(f"run {run_id} was rolled back: promote a new canary instead")
+        rows = promotable_shadow_results(conn, run_id)
+        ids = [r["repo_id"] for r in rows]
+        upsert_results(conn, rows)
+        written = results_of_run(conn, run_id, ids)
+        if written:
+            mark_promoted(conn, run_id, sorted(written))
+        counts = run_counts(conn, run)
+    report = PromoteReport(run_id, len(written), sorted(set(ids) - written), counts["queued"] + counts["failed"],
+                           counts["promoted"] - len(written))
+    log.info("run_promoted", run_id=run_id, promoted=report.promoted, skipped=len(report.skipped),
+             pending=report.pending)
+    return report
+
+
+def rollback(settings: Settings, run_id: int) -> RollbackReport:
+    find_run(settings, run_id)
+    with transaction(settings.database_url) as conn:
+        lock_run(conn, run_id)
+        report = rollback_run(conn, run_id)
+    log.info("run_rolled_back", run_id=run_id, restored=len(report.restored), removed=len(report.removed),
+             changed_since=len(report.changed_since), pinned=len(report.pinned))
+    return report
+
+
+# --- manual tags and history ----------------------------------------------------------------------------
+
+
+def _known_repo(conn: Any, raw_id: str) -> str:
+    repo_id = validate_repo_id(raw_id)
+    if not repo_exists(conn, repo_id):
+        raise InputError(f"unknown repo id {repo_id!r}: it is not in the index")
+    return repo_id
+
+
+def resolve_tags(taxonomy: Taxonomy, raw: str) -> list[int]:
+    """Tag names (comma-separated, as the taxonomy matches them) → ids; unknown names are an error."""
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if not names:
+        raise InputError("give at least one tag name")
+    ids: list[int] = []
+    for name in names:
+        tag = taxonomy.by_name(name)
+        if tag is None:
+            raise InputError(f"unknown tag name {name!r}: see the taxonomy (tagger/data/tags.json)")
+        if tag.id not in ids:
+            ids.append(tag.id)
+    if len(ids) > MAX_TAGS:
+        raise InputError(f"at most {MAX_TAGS} tags per repo, got {len(ids)}")
+    return ids
+
+
+def set_manual_tags(settings: Settings, raw_id: str, raw_tags: str, *, set_by: str, note: str) -> list[str]:
+    """Pin tags on a repo; the names pinned."""
+    with transaction(settings.database_url) as conn:
+        repo_id = _known_repo(conn, raw_id)
+        taxonomy = load_taxonomy(conn)
+        tag_ids = resolve_tags(taxonomy, raw_tags)
+        version = current_taxonomy_version(conn)
+        pin_tags(conn, repo_id, tag_ids, set_by=set_by, note=note, taxonomy_version=version or 0)
+    log.info("tags_pinned", repo_id=repo_id, tag_ids=tag_ids, set_by=set_by)
+    names = {t.id: t.name for t in taxonomy.tags}
+    return [names[i] for i in tag_ids]
+
+
+def unset_manual_tags(settings: Settings, raw_id: str) -> dict[str, Any]:
+    with transaction(settings.database_url) as conn:
+        repo_id = _known_repo(conn, raw_id)
+        pin = unpin_tags(conn, repo_id)
+        if pin is None:
+            raise InputError(f"repo {repo_id!r} has no pinned tags")
+    log.info("tags_unpinned", repo_id=repo_id)
+    return pin
+
+
+def history(settings: Settings, raw_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[int, str]]:
+    """A repo's versions (newest first), its pin, and the taxonomy's names."""
+    with transaction(settings.database_url) as conn:
+        repo_id = _known_repo(conn, raw_id)
+        versions = result_versions(conn, repo_id)
+        pin = get_pin(conn, repo_id)
+        names = {t.id: t.name for t in load_taxonomy(conn).tags}
+    return versions, pin, names

@@ -1,0 +1,83 @@
+"""The pure parts of re-tagging: the canary's sample, its diff, the worker's run check, tag names."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from producer.runs import check_canary_worker, choose_sample, compare, resolve_tags
+from tagger.errors import ConfigError, InputError
+from tagger.taxonomy import Taxonomy
+from workers.batch import WrongWorker, check_run
+
+IDS = [f"r{i:04d}" for i in range(1000)]
+
+
+def test_the_sample_depends_on_the_seed_and_the_index_only():
+    sample = choose_sample(IDS, 50, seed=7)
+    shuffled = IDS[:]
+    random.Random(1).shuffle(shuffled)
+    assert choose_sample(iter(shuffled), 50, seed=7) == sample  # whatever order the pages come in
+    assert len(sample) == 50 and sample == sorted(set(sample)) and set(sample) <= set(IDS)
+    assert choose_sample(IDS, 50, seed=8) != sample
+    # A bigger index keeps most of the sample: a repo is drawn by its own hash, not its position.
+    grown = choose_sample([*IDS, *(f"s{i}" for i in range(100))], 50, seed=7)
+    assert len(set(grown) & set(sample)) >= 40
+    assert choose_sample([], 5, seed=1) == [] and choose_sample(IDS[:3], 5, seed=1) == IDS[:3]
+
+
+def row(repo_id, live, shadow, state="done", pinned=False):
+    return {"repo_id": repo_id, "name": "", "state": state, "live": live, "shadow": shadow, "pinned": pinned}
+
+
+def test_diff_counts_unchanged_added_removed_and_orders_the_biggest_changes_first():
+    names = {1: "a", 2: "b", 3: "c", 4: "d"}
+    rows = [
+        row("x", [1, 2], [2, 1]),  # same tags, another order: unchanged
+        row("y", [1], [3]),  # one swapped: 2 changes
+        row("z", None, [1, 2, 3]),  # untagged live: 3 added
+        row("w", [1, 2, 3], [4]),  # 4 changes
+        row("p", [4], [1], pinned=True),
+        row("q", [1], None, state="queued"),
+        row("d", [1], None, state="dead"),
+    ]
+    diff = compare(9, rows, names, top=2)
+    assert (diff.sample, diff.done, diff.pending, diff.dead, diff.unchanged, diff.pinned) == (7, 5, 1, 1, 1, 1)
+    assert diff.share_unchanged == 0.2
+    assert diff.added == {"a": 2, "c": 2, "b": 1, "d": 1}
+    assert diff.removed == {"a": 2, "b": 1, "c": 1, "d": 1}
+    assert [c["id"] for c in diff.changed_most] == ["w", "z"]
+    assert diff.changed_most[0] == {"id": "w", "old": ["a", "b", "c"], "new": ["d"], "changed": 4}
+    assert diff.as_json()["share_unchanged"] == 0.2
+    assert compare(1, [], names, top=3).share_unchanged is None
+
+
+def test_a_batch_goes_only_to_the_worker_of_its_kind():
+    live, canary = {"id": 1, "kind": "live"}, {"id": 2, "kind": "canary"}
+    assert check_run(live, 1, None) is False
+    assert check_run(None, None, None) is False
+    assert check_run(canary, 2, 2) is True
+    with pytest.raises(WrongWorker):
+        check_run(canary, 2, None)  # a canary's batch on a live worker
+    with pytest.raises(WrongWorker):
+        check_run(live, 1, 2)  # another run's batch on a canary worker
+    with pytest.raises(WrongWorker):
+        check_run(None, 2, 2)  # a canary worker never writes without its run
+
+
+def test_a_canary_worker_must_run_the_canarys_configuration():
+    run = {"id": 3, "backend": "keyword", "model": "keyword-v1", "prompt_version": "p1", "taxonomy_version": 1}
+    check_canary_worker(run, {k: run[k] for k in ("backend", "model", "prompt_version", "taxonomy_version")})
+    with pytest.raises(ConfigError, match="prompt_version 'p1d' \\(canary: 'p1'\\)"):
+        check_canary_worker(run, {"backend": "keyword", "model": "keyword-v1", "prompt_version": "p1d",
+                                  "taxonomy_version": 1})
+
+
+def test_tag_names_are_resolved_as_the_taxonomy_matches_them():
+    taxonomy = Taxonomy.load()
+    assert resolve_tags(taxonomy, " AI , cli,ai") == [taxonomy.by_name("ai").id, taxonomy.by_name("cli").id]
+    for raw, message in [("nope", "unknown tag name 'nope'"), (",", "at least one"),
+                         ("ai,cli,game,3d", "at most 3 tags")]:
+        with pytest.raises(InputError, match=message):
+            resolve_tags(taxonomy, raw)
