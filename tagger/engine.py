@@ -216,7 +216,8 @@ class TaggingEngine:
         if not usable:
             return outcomes
         with self._signal_lock:  # one embedding batch at a time; the model lock stays free for the judge
-            signals = scorer.signals([heads[i] for i in usable], [repo_names[i] for i in usable])
+            signals = scorer.signals([heads[i] for i in usable], [repo_names[i] for i in usable],
+                                    [readmes[i] for i in usable])
         if not judge:
             for i, found in zip(usable, signals, strict=True):
                 outcomes[i] = (found, None)

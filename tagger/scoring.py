@@ -8,6 +8,9 @@ Signals (each a number per tag, computed for every tag of the taxonomy):
 - ``name``: the tag (or a synonym) is a word of the repository's name (``OpenBMB/MiniCPM``).
 - ``emb``: cosine similarity between the README and the tag's description (MiniLM), and
 - ``emb_gap``: the same minus the README's best similarity: how far a tag is from the nearest one.
+- ``cli_usage``: for the ``cli`` tag only, how much the README *shows* a command-line program (installed
+  as one, its own name run from a shell, ``--help``, flags: tagger/structure.py), read from the raw
+  Markdown; 0 for every other tag.
 - ``judge``: the backend's own answer (the LLM's choice among the best candidates), 1 for its first
   tag, 1/2 and 1/3 for the next; 0 for tags it did not choose.
 
@@ -30,9 +33,10 @@ from typing import Any, Protocol
 
 from tagger.errors import ConfigError
 from tagger.keywords import count_mentions
+from tagger.structure import CUE_TAG, cli_cue
 
 MAX_TAGS = 3
-FEATURES: tuple[str, ...] = ("kw_lead", "kw_body", "name", "emb", "emb_gap", "judge")
+FEATURES: tuple[str, ...] = ("kw_lead", "kw_body", "name", "emb", "emb_gap", "cli_usage", "judge")
 EMBEDDING_FEATURES = frozenset({"emb", "emb_gap"})
 PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 # The README head the signals read: more than an LLM prompt holds (mentions further down still count,
@@ -175,6 +179,12 @@ def keyword_signals(text: str, repo_name: str, names: Sequence[str]) -> dict[str
     }
 
 
+def structure_signals(readme: str, repo_name: str, names: Sequence[str]) -> dict[str, list[float]]:
+    """``cli_usage`` for every tag of ``names``: the CLI cue of a raw README at ``cli``, 0 elsewhere."""
+    cue = cli_cue(readme, repo_name)
+    return {"cli_usage": [cue if n == CUE_TAG else 0.0 for n in names]}
+
+
 def judge_signal(names: Sequence[str], chosen: Sequence[str]) -> list[float]:
     """The judge's answer as a signal: 1, 1/2, 1/3 by its order, 0 for tags it did not choose."""
     rank = {name: 1.0 / (i + 1) for i, name in enumerate(dict.fromkeys(chosen))}
@@ -238,9 +248,14 @@ class Scorer:
         self.profile = profile
         self.embedder = embedder
 
-    def signals(self, texts: Sequence[str], repo_names: Sequence[str]) -> list[Signals]:
-        """Every signal but the judge's, for cleaned README heads (SIGNAL_TOKEN_BUDGET) and repo names."""
+    def signals(self, texts: Sequence[str], repo_names: Sequence[str], readmes: Sequence[str] | None = None
+                ) -> list[Signals]:
+        """Every signal but the judge's, for cleaned README heads (SIGNAL_TOKEN_BUDGET) and repo names;
+        the structural one needs the raw READMEs (cleaning drops code fences), when given."""
         found = [Signals(keyword_signals(t, n, self.names)) for t, n in zip(texts, repo_names, strict=True)]
+        if readmes is not None:
+            for signals, readme, name in zip(found, readmes, repo_names, strict=True):
+                signals.values.update(structure_signals(readme, name, self.names))
         if self.embedder is not None and self.profile.uses_embeddings and texts:
             rows = self.embedder.similarities(list(texts), [split_lead(t)[0] or t for t in texts])
             for signals, row in zip(found, rows, strict=True):
