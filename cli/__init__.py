@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -21,3 +22,14 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # The reader of our output went away (`tagger export | head -1`): it has all it wanted. Standard
+        # output goes to /dev/null so that the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as exc:
+        if "--debug" in sys.argv[1:] or os.environ.get("TAGGER_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}; this is a bug: please report it with the "
+                   "output of the same command run with --debug", err=True)
+        sys.exit(1)

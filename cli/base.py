@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import traceback
 
 import click
 
@@ -34,15 +35,45 @@ class TaggerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (InputError, ConfigError) as exc:
+            _show_traceback(ctx, exc)
             raise BadInput(str(exc)) from exc
         except TaggerError as exc:
+            _show_traceback(ctx, exc)
             raise UserError(f"{type(exc).__name__}: {exc}") from exc
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): not an error, `cli.main` ends quietly
+        except OSError as exc:  # a file, directory or port the user named
+            _show_traceback(ctx, exc)
+            raise UserError(describe_os_error(exc)) from exc
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file or socket operation: what, on which file, why."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"cannot use {exc.filename}: {reason}"
+    return reason
+
+
+def debugging(ctx: click.Context | None = None) -> bool:
+    ctx = ctx or click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get(DEBUG_KEY))
+
+
+def _show_traceback(ctx: click.Context, exc: BaseException) -> None:
+    if debugging(ctx):
+        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+
+
+DEBUG_KEY = "tagger.debug"
 
 
 @click.group(cls=TaggerGroup, context_settings=CONTEXT, epilog=env_help())
 @click.version_option(package_name="repo-tagger")
+@click.option("--debug", is_flag=True, help="On an error, show its full traceback (as TAGGER_LOG_LEVEL=DEBUG does), "
+              "and log at DEBUG.")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, debug: bool) -> None:
     """Tag every repository of a code index with at most 3 tags from a fixed taxonomy.
 
     \b
@@ -67,7 +98,11 @@ def cli(ctx: click.Context) -> None:
     except ConfigError:
         settings = None  # `COMMAND --help` still works; the command itself reports the bad setting
     if settings is not None:
-        configure_logging(settings.log_level, settings.log_format)
+        debug = debug or settings.log_level == "DEBUG"
+        configure_logging("DEBUG" if debug else settings.log_level, settings.log_format)
+    elif debug:
+        configure_logging("DEBUG")
+    ctx.meta[DEBUG_KEY] = debug
     ctx.obj = settings
 
 

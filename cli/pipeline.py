@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -17,6 +19,7 @@ from db.queries import (
     iter_export,
     least_confident_results,
     load_taxonomy,
+    outdated_result_ids,
     replace_taxonomy,
     status_counts,
     tag_rate,
@@ -25,6 +28,7 @@ from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_select
 from producer.importer import import_repos
 from producer.runs import sweep_canary
 from tagger.errors import BrokerUnavailable
+from tagger.files import atomic_write, output_path
 from tagger.taxonomy import Taxonomy
 from workers.contract import queue_depth
 
@@ -177,35 +181,48 @@ def status(as_json: bool, run_id: int | None) -> None:
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Write to this file instead of standard output.")
+@click.option("--out", help="Write to this file instead of standard output (replaced only once the export is "
+              "complete).")
 @click.option("--with-scores", is_flag=True,
               help='Add each tag\'s confidence: {"id", "name", "score"} (null where the backend gave none).')
-def export(out: Path | None, with_scores: bool) -> None:
+def export(out: str | None, with_scores: bool) -> None:
     """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]};
-    tags pinned by hand add "source": "manual"."""
+    tags pinned by hand add "source": "manual".
+
+    A repo whose tags were computed from an older README than its current one (the new README is not
+    tagged yet, or could not be: `tagger dlq list`) gets "stale": true (never a pinned one).
+    """
     settings = settings_with()
-    stream = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
-    written = 0
-    try:
-        with transaction(settings.database_url) as conn:
-            names = {t.id: t.name for t in load_taxonomy(conn).tags}
-            for repo_id, tag_ids, scores, pinned in iter_export(conn):
-                if with_scores:
-                    tags = [
-                        {"id": i, "name": names[i], "score": scores[n] if scores and n < len(scores) else None}
-                        for n, i in enumerate(tag_ids) if i in names
-                    ]
-                else:
-                    tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
-                line = {"id": repo_id, "tags": tags} | ({"source": "manual"} if pinned else {})
-                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-                written += 1
-    finally:
-        if out:
-            stream.close()
-    if out:
-        click.echo(f"exported {written} repos to {out}", err=True)
+    target = output_path(out) if out is not None else None  # checked before the database is read
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(atomic_write(target)) if target else sys.stdout
+        written, stale = _write_results(settings.database_url, stream, with_scores)
+    if stale:
+        click.echo(f'note: {stale} repos exported with "stale": true: tagged from an older README than their '
+                   "current one (`tagger enqueue --stale` re-tags them; `tagger dlq list` shows unusable ones)",
+                   err=True)
+    if target:
+        click.echo(f"exported {written} repos to {target}", err=True)
+
+
+def _write_results(database_url: str, stream: TextIO, with_scores: bool) -> tuple[int, int]:
+    written = stale = 0
+    with transaction(database_url) as conn:
+        names = {t.id: t.name for t in load_taxonomy(conn).tags}
+        outdated = outdated_result_ids(conn)
+        for repo_id, tag_ids, scores, pinned in iter_export(conn):
+            if with_scores:
+                tags = [{"id": i, "name": names[i], "score": scores[n] if scores and n < len(scores) else None}
+                        for n, i in enumerate(tag_ids) if i in names]
+            else:
+                tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
+            row: dict[str, object] = {"id": repo_id, "tags": tags} | ({"source": "manual"} if pinned else {})
+            if repo_id in outdated and not pinned:
+                row["stale"] = True
+                stale += 1
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            written += 1
+    return written, stale
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -10,7 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from tagger.errors import DatabaseUnavailable, InputError
+from tagger.errors import ConfigError, DatabaseUnavailable, InputError
+
+# SQLSTATEs that mean "this database is not (yet) ours": `tagger db upgrade` is the fix.
+UNDEFINED_TABLE = "42P01"
+INVALID_CATALOG = "3D000"  # the database does not exist
+
+_MISSING_DATABASE = re.compile(r'database "[^"]*" does not exist')
+NOT_MIGRATED = "the database has no repo-tagger schema (never migrated?): run `tagger db upgrade`"
 
 
 @lru_cache(maxsize=8)
@@ -37,16 +45,29 @@ def get_engine(url: str) -> Engine:
     )
 
 
+def _first_line(error: BaseException | None) -> str:
+    """The driver's message without its SQL, parameters and hints: one line for a user."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Driver errors → DatabaseUnavailable (retry) or InputError (bad data, no retry)."""
+    """Driver errors → DatabaseUnavailable (retry), InputError (bad data, no retry), or ConfigError (a
+    database that is not migrated: the user's to fix)."""
     try:
         yield
     except sa_exc.DBAPIError as exc:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == UNDEFINED_TABLE:
+            raise ConfigError(f"{NOT_MIGRATED} ({_first_line(exc.orig)})") from exc
+        # At connect time psycopg gives no SQLSTATE, only the server's message.
+        if sqlstate == INVALID_CATALOG or _MISSING_DATABASE.search(str(exc.orig)):
+            raise ConfigError(f"{_first_line(exc.orig)}: run `tagger db upgrade` to create it") from exc
         if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-            raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
+            raise DatabaseUnavailable(f"database unavailable: {_first_line(exc.orig)}") from exc
         if isinstance(exc, sa_exc.DataError):
-            raise InputError(f"rejected by the database: {exc.orig}") from exc
+            raise InputError(f"rejected by the database: {_first_line(exc.orig)}") from exc
         raise
     except sa_exc.TimeoutError as exc:  # pool exhausted
         raise DatabaseUnavailable(f"database pool timeout: {exc}") from exc

@@ -548,6 +548,14 @@ def least_confident_results(conn: Connection, limit: int) -> list[dict[str, Any]
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
+def outdated_result_ids(conn: Connection) -> set[str]:
+    """Repos whose result was computed from another README than their current one."""
+    query = sa.select(results.c.repo_id).join(repos, repos.c.id == results.c.repo_id).where(
+        results.c.readme_hash != repos.c.readme_hash
+    )
+    return set(conn.execute(query).scalars())
+
+
 def list_dead_letters(conn: Connection, limit: int | None = None) -> list[dict[str, Any]]:
     query = sa.select(dead_letters).order_by(dead_letters.c.last_failed_at.desc(), dead_letters.c.repo_id)
     if limit:

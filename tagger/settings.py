@@ -8,10 +8,17 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from tagger.backends import BACKENDS, is_plugin
 from tagger.errors import ConfigError
 from tagger.shortlist import ShortlistMode
 from tagger.taxonomy import DEFAULT_TAXONOMY
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel", "memory")
 
 
 class Settings(BaseSettings):
@@ -84,7 +91,34 @@ class Settings(BaseSettings):
     flower_user: str = Field("", description="`tagger flower`: basic-auth user (required unless --local-only).")
     flower_password: str = Field("", description="`tagger flower`: basic-auth password.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="Log lines: json, console, or auto.")
-    log_level: str = Field("INFO", description="Log level.")
+    log_level: str = Field("INFO", description=f"Log level: {', '.join(LOG_LEVELS)}.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}: choose one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a database URL: expected e.g. postgresql+psycopg://USER@HOST:5432/tagger"
+            ) from None
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if "://" not in value or scheme not in BROKER_SCHEMES:
+            raise ValueError(f"{value!r} is not a Redis URL: expected e.g. redis://HOST:6379/0")
+        return value
 
     @field_validator("backend")
     @classmethod
@@ -102,7 +136,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings.model_validate(settings.model_dump() | overrides) if overrides else settings
     except ValidationError as exc:
         problems = "; ".join(
-            f"TAGGER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+            f"TAGGER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
         )
         raise ConfigError(f"invalid setting: {problems}") from None
 
