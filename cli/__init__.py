@@ -30,6 +30,7 @@ def main() -> None:
     except Exception as exc:
         if "--debug" in sys.argv[1:] or os.environ.get("TAGGER_LOG_LEVEL", "").upper() == "DEBUG":
             raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc}; this is a bug: please report it with the "
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
+        click.echo(f"error: unexpected {type(exc).__name__}: {first_line}; this is a bug: please report it with the "
                    "output of the same command run with --debug", err=True)
         sys.exit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import click
@@ -11,10 +12,30 @@ from prometheus_client import CollectorRegistry, start_http_server
 from cli.base import cli, settings_with
 from producer.beat import run_beat
 from producer.metrics import PipelineCollector
-from tagger.errors import ConfigError
+from tagger.errors import ConfigError, InputError
 from workers.contract import create_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def port_taken(address: str, port: int, exc: OSError) -> InputError:
+    return InputError(f"cannot listen on {address}:{port}: {exc.strerror or exc}: pass another --port (or "
+                      "--address), or stop the process that holds it")
+
+
+def check_port_free(address: str, port: int) -> None:
+    """Fail before starting a server whose port is taken, instead of deep inside it."""
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot listen on {address}:{port}: {exc.strerror}") from exc
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise port_taken(address, port, exc) from exc
 
 
 @cli.command()
@@ -62,6 +83,7 @@ def flower(port: int, address: str | None, local_only: bool) -> None:
     else:
         os.environ.pop("FLOWER_BASIC_AUTH", None)
 
+    check_port_free(address or "127.0.0.1", port)
     app = create_app(settings)
     click.echo(f"flower on http://{address or '127.0.0.1'}:{port}/ "
                f"({'basic auth' if user and password else 'no auth, local only'})", err=True)
@@ -87,6 +109,9 @@ def metrics(port: int, address: str) -> None:
     """
     registry = CollectorRegistry()
     registry.register(PipelineCollector(settings_with()))
-    _server, thread = start_http_server(port, addr=address, registry=registry)
+    try:
+        _server, thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:
+        raise port_taken(address, port, exc) from exc
     click.echo(f"metrics on http://{address}:{port}/metrics", err=True)
     thread.join()

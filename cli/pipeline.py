@@ -16,6 +16,7 @@ from db.engine import transaction
 from db.migrate import upgrade
 from db.queries import (
     Selection,
+    count_repos_tagged_with,
     iter_export,
     least_confident_results,
     load_taxonomy,
@@ -27,7 +28,7 @@ from db.queries import (
 from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
 from producer.runs import sweep_canary
-from tagger.errors import BrokerUnavailable
+from tagger.errors import BrokerUnavailable, InputError
 from tagger.files import atomic_write, output_path
 from tagger.taxonomy import Taxonomy
 from workers.contract import queue_depth
@@ -53,24 +54,42 @@ def taxonomy() -> None:
 
 @taxonomy.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def taxonomy_load(file: Path) -> None:
+@click.option("--force", is_flag=True, help="Load it even if it drops tags that tagged repos use.")
+def taxonomy_load(file: Path, force: bool) -> None:
     """Replace the taxonomy with FILE (a JSON array of {"id", "name"}); a changed one gets a new version.
 
-    Results computed under an older taxonomy become stale: `tagger enqueue --stale` re-tags them.
+    Results computed under an older taxonomy become stale: `tagger enqueue --stale` re-tags them. A file
+    that drops tags which tagged repos use is refused unless --force (their tags would vanish from the
+    export until they are re-tagged).
     """
     loaded = Taxonomy.load(file)
     with transaction(settings_with().database_url) as conn:
+        current = load_taxonomy(conn)
+        dropped = sorted({t.id for t in current.tags} - {t.id for t in loaded.tags})
+        affected = count_repos_tagged_with(conn, dropped)
+        if affected and not force:
+            sample = ", ".join(repr(current.by_id(i).name) for i in dropped[:5])  # type: ignore[union-attr]
+            more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+            raise InputError(
+                f"{file} drops {len(dropped)} tags ({sample}{more}) used by {affected} tagged repos: their tags "
+                "would vanish from `tagger export`. Nothing was changed; pass --force to load it anyway, then "
+                "`tagger enqueue --stale`"
+            )
         version = replace_taxonomy(conn, loaded, source=str(file))
     click.echo(f"{len(loaded)} tags loaded; taxonomy version {version}")
+    if affected:
+        click.echo(f"warning: {affected} tagged repos had dropped tags: `tagger enqueue --stale` re-tags them",
+                   err=True)
 
 
 @cli.command("import")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def import_(file: Path) -> None:
-    """Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}.
+@click.argument("file")
+def import_(file: str) -> None:
+    """Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}; `-` reads standard input.
 
-    Bad lines are reported with their line numbers; every good line is imported. Exit status 1 when
-    any line was rejected.
+    Bad lines are reported with their line numbers; every good line is imported. An id on several lines
+    is imported once, from its last line (each repeat is reported). Exit status 1 when any line was
+    rejected. Running it again is harmless: an interrupted import can simply be restarted.
     """
     report = import_repos(settings_with().database_url, file, progress=True)
     for message in report.warnings[:50]:
@@ -79,6 +98,9 @@ def import_(file: Path) -> None:
         click.echo(f"error: {message}", err=True)
     if len(report.errors) > 200:
         click.echo(f"error: ... and {len(report.errors) - 200} more rejected lines", err=True)
+    if report.duplicates:
+        click.echo(f"note: {report.duplicates} lines repeated an earlier id: the last line of each id was imported",
+                   err=True)
     click.echo(f"imported {report.imported} repos; rejected {len(report.errors)} lines")
     if report.errors:
         sys.exit(1)

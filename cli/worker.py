@@ -8,7 +8,7 @@ from cli.base import cli, settings_with
 from db.engine import transaction
 from db.queries import current_taxonomy_version
 from producer.runs import canary_settings, check_canary_worker, find_run
-from tagger.backends import configured_model
+from tagger.backends import check_backend, configured_model
 from tagger.errors import ConfigError
 from workers.runtime import Runtime
 from workers.tasks import create_worker_app
@@ -48,6 +48,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | 
     elif pool == "prefork":
         # Each child loads its own model after the fork; the parent only checks that it could.
         configured_model(settings)
+        check_backend(settings)
         with transaction(settings.database_url) as conn:
             if current_taxonomy_version(conn) is None:
                 raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")

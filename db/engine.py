@@ -16,6 +16,8 @@ from tagger.errors import ConfigError, DatabaseUnavailable, InputError
 # SQLSTATEs that mean "this database is not (yet) ours": `tagger db upgrade` is the fix.
 UNDEFINED_TABLE = "42P01"
 INVALID_CATALOG = "3D000"  # the database does not exist
+DUPLICATE_DATABASE = "42P04"
+UNIQUE_VIOLATION = "23505"  # CREATE DATABASE racing another one can fail on pg_database's unique index
 
 _MISSING_DATABASE = re.compile(r'database "[^"]*" does not exist')
 NOT_MIGRATED = "the database has no repo-tagger schema (never migrated?): run `tagger db upgrade`"
@@ -94,7 +96,13 @@ def create_database_if_missing(url: str) -> bool:
             if exists:
                 return False
             quoted = conn.dialect.identifier_preparer.quote(parsed.database)
-            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+            try:
+                conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+            except (sa_exc.ProgrammingError, sa_exc.IntegrityError) as exc:
+                # Another `tagger db upgrade` created it a moment ago: theirs will do.
+                if getattr(exc.orig, "sqlstate", None) in (DUPLICATE_DATABASE, UNIQUE_VIOLATION):
+                    return False
+                raise
             return True
     finally:
         admin.dispose()

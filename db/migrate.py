@@ -8,9 +8,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from db.engine import create_database_if_missing, get_engine, transaction, translate_errors
-from db.queries import replace_taxonomy
+from db.engine import create_database_if_missing, get_engine, translate_errors
+from db.queries import advisory_xact_lock, replace_taxonomy
 from tagger.taxonomy import Taxonomy
+
+UPGRADE_LOCK = 0x7461_6767_6572_0003  # PostgreSQL advisory lock key of `tagger db upgrade`
 
 
 def alembic_config(url: str) -> Config:
@@ -22,12 +24,14 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, taxonomy_file: Path) -> tuple[bool, int]:
     """Create the database if missing, migrate to head, load the taxonomy. (created, taxonomy version)"""
+    taxonomy = Taxonomy.load(taxonomy_file)  # fail on a bad file before touching anything
     created = create_database_if_missing(url)
-    taxonomy = Taxonomy.load(taxonomy_file)  # fail on a bad file before touching the schema
+    # One transaction under one lock: a second `tagger db upgrade` at the same time waits, then finds the
+    # schema at head and the taxonomy loaded (instead of both creating the same tables).
     with translate_errors(), get_engine(url).begin() as conn:
+        advisory_xact_lock(conn, UPGRADE_LOCK)
         config = alembic_config(url)
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
-    with transaction(url) as conn:
         version = replace_taxonomy(conn, taxonomy, source=str(taxonomy_file))
     return created, version

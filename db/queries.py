@@ -7,7 +7,7 @@ take row locks in the same order and cannot deadlock.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -62,9 +62,8 @@ def replace_taxonomy(conn: Connection, taxonomy: Taxonomy, source: str) -> int:
             .values(content_hash=content_hash, source=source)
             .returning(taxonomy_versions.c.version)
         ).scalar_one()
-    conn.execute(sa.delete(tags).where(tags.c.id.not_in([t.id for t in taxonomy.tags])))
-    # Names are unique: clear the ones that move to another id before writing the new rows.
-    conn.execute(sa.delete(tags).where(tags.c.name.in_(taxonomy.names)))
+    # All rows go and the new ones come in: a kept id may carry another name, and a kept name another id.
+    conn.execute(sa.delete(tags))
     conn.execute(
         sa.insert(tags), [{"id": t.id, "name": t.name, "description": t.description} for t in taxonomy.tags]
     )
@@ -73,6 +72,18 @@ def replace_taxonomy(conn: Connection, taxonomy: Taxonomy, source: str) -> int:
 
 def current_taxonomy_version(conn: Connection) -> int | None:
     return conn.execute(sa.select(sa.func.max(taxonomy_versions.c.version))).scalar()
+
+
+def count_repos_tagged_with(conn: Connection, tag_ids: Collection[int]) -> int:
+    """Repos whose result holds any of ``tag_ids``."""
+    if not tag_ids:
+        return 0
+    elements = "jsonb_array_elements_text" if conn.dialect.name == "postgresql" else "json_each"
+    query = sa.text(
+        f"SELECT count(*) FROM results WHERE EXISTS "
+        f"(SELECT 1 FROM {elements}(results.tag_ids) AS e WHERE CAST(e.value AS INTEGER) IN :ids)"
+    ).bindparams(sa.bindparam("ids", expanding=True))
+    return int(conn.execute(query, {"ids": sorted(tag_ids)}).scalar_one())
 
 
 def load_taxonomy(conn: Connection) -> Taxonomy:
@@ -605,6 +616,12 @@ def advisory_lock(conn: Connection, key: int) -> None:
     """Wait for, then take, the session-level advisory lock ``key``."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_lock(key)))
+
+
+def advisory_xact_lock(conn: Connection, key: int) -> None:
+    """Wait for, then take, the advisory lock ``key`` until the end of this transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
 
 
 def advisory_unlock(conn: Connection, key: int) -> None:

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -15,7 +14,6 @@ from tagger.backends import BACKENDS, is_plugin
 from tagger.errors import ConfigError
 from tagger.shortlist import ShortlistMode
 from tagger.taxonomy import DEFAULT_TAXONOMY
-
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel", "memory")

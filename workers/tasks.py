@@ -13,7 +13,7 @@ from tagger.errors import BrokerUnavailable, DatabaseUnavailable, TaggerError
 from tagger.settings import Settings
 from workers.batch import WrongWorker, process_batch
 from workers.contract import TAG_BATCH, create_app
-from workers.retry import GiveUp, decide
+from workers.retry import GiveUp, RetryPolicy, decide
 from workers.runtime import Runtime
 
 log = structlog.get_logger("tagger.worker")
@@ -26,6 +26,7 @@ class RuntimeHolder:
     def __init__(self, settings: Settings, runtime: Runtime | None = None, canary_run: int | None = None) -> None:
         self.settings = settings
         self.canary_run = canary_run  # the canary run this worker serves; None: a live worker
+        self.retry_policy = RetryPolicy.from_settings(settings)
         self._runtime = runtime
         self._lock = threading.Lock()
 
@@ -55,12 +56,14 @@ def register_tag_batch(app: Celery, holder: RuntimeHolder) -> Task:
               max_retries=None)
     def tag_batch(self: Task, repo_ids: list[str], run_id: int | None = None) -> dict[str, int]:
         task_id = self.request.id
-        runtime = holder.get()
-        structlog.contextvars.bind_contextvars(
-            task_id=task_id, batch_size=len(repo_ids), backend=runtime.tagger.name, model=runtime.tagger.model,
-            run_id=run_id,
-        )
         try:
+            # Inside the try: a prefork child that starts its runtime on first use while the database is
+            # down retries the batch like any other outage, rather than failing (and acking) it.
+            runtime = holder.get()
+            structlog.contextvars.bind_contextvars(
+                task_id=task_id, batch_size=len(repo_ids), backend=runtime.tagger.name, model=runtime.tagger.model,
+                run_id=run_id,
+            )
             plan = process_batch(runtime, repo_ids, task_id, run_id, holder.canary_run)
         except WrongWorker as exc:
             # Routing keeps this from happening (a canary has its own queue); should it happen anyway,
@@ -68,7 +71,7 @@ def register_tag_batch(app: Celery, holder: RuntimeHolder) -> Task:
             log.error("message_refused", repo_ids=repo_ids[:20], run_id=run_id, error=str(exc))
             return {"tagged": 0, "retried": 0, "dead": 0}
         except (DatabaseUnavailable, BrokerUnavailable) as exc:
-            decision = decide(self.request.retries + 1, exc, runtime.retry_policy)
+            decision = decide(self.request.retries + 1, exc, holder.retry_policy)
             if isinstance(decision, GiveUp):
                 # The repos stay 'queued' in Postgres: the sweeper re-enqueues them once it is back.
                 log.error("task_abandoned", repo_ids=repo_ids, error=str(exc), attempts=self.request.retries + 1)

@@ -102,6 +102,15 @@ def create_tagger(settings: Settings) -> Tagger:
     return _backend(settings.backend).create(settings)
 
 
+def check_backend(settings: Settings) -> None:
+    """Import the configured backend without loading its model: a missing module, factory or extra fails
+    here (a prefork worker's parent checks this before its children each load the model)."""
+    if is_plugin(settings.backend):
+        _plugin_factory(settings)
+    else:
+        _backend(settings.backend)._class()
+
+
 def _backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
@@ -110,13 +119,16 @@ def _backend(name: str) -> Backend:
         raise ConfigError(f"unknown backend {name!r}: choose one of {known} or 'module:factory'") from None
 
 
-def _plugin(settings: Settings) -> Tagger:
+def _plugin_factory(settings: Settings) -> Any:
     module_name, _, attribute = settings.backend.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attribute)
+        return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load backend {settings.backend!r}: {exc}") from exc
-    tagger = factory(settings)
+
+
+def _plugin(settings: Settings) -> Tagger:
+    tagger = _plugin_factory(settings)(settings)
     if not isinstance(tagger, Tagger):
         raise ConfigError(f"backend {settings.backend!r} did not return a Tagger")
     return tagger
