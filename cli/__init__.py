@@ -17,16 +17,11 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("aborted: what was already committed is kept; running the same command again is safe", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        # The reader of our output went away (`tagger export | head -1`): it has all it wanted. Standard
-        # output goes to /dev/null so that the interpreter's final flush does not complain again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
     except Exception as exc:
         if "--debug" in sys.argv[1:] or os.environ.get("TAGGER_LOG_LEVEL", "").upper() == "DEBUG":
             raise

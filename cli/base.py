@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import getpass
+import os
+import sys
 import traceback
 
 import click
@@ -41,10 +43,22 @@ class TaggerGroup(click.Group):
             _show_traceback(ctx, exc)
             raise UserError(f"{type(exc).__name__}: {exc}") from exc
         except BrokenPipeError:
-            raise  # the reader went away (`| head`): not an error, `cli.main` ends quietly
+            # The reader of our output went away (`tagger export | head -1`): it has all it wanted. (Click
+            # would exit 1 for it.) Standard output now goes to /dev/null, so that the interpreter's last
+            # flush does not fail on the broken pipe again.
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
         except OSError as exc:  # a file, directory or port the user named
             _show_traceback(ctx, exc)
             raise UserError(describe_os_error(exc)) from exc
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's runner)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -106,13 +106,20 @@ def import_(file: str) -> None:
         sys.exit(1)
 
 
-def _read_ids_file(path: Path):  # type: ignore[no-untyped-def]
+def _read_ids_file(path: Path, skipped: list[int]):  # type: ignore[no-untyped-def]
+    """The ids of ``path``, one per line; the numbers of lines that cannot be ids go to ``skipped``."""
     with open(path, "rb") as stream:
         for number, raw in enumerate(stream, start=1):
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
                 click.echo(f"error: {path}:{number}: not valid UTF-8, skipped", err=True)
+                skipped.append(number)
+                continue
+            if line.startswith("{"):
+                click.echo(f"error: {path}:{number}: a JSON object, not a repo id: --file takes one id per line "
+                           "(JSON Lines of repos go to `tagger import`)", err=True)
+                skipped.append(number)
                 continue
             if line and not line.startswith("#"):
                 yield line
@@ -138,10 +145,11 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
     settings = settings_with(batch_size=batch_size)
     run = RunSpec(operator(), label)
     report: EnqueueReport
+    skipped: list[int] = []
     if ids is not None:
         report = enqueue_ids(settings, ids.split(","), progress=True, run=run)
     elif ids_file is not None:
-        report = enqueue_ids(settings, _read_ids_file(ids_file), progress=True, run=run)
+        report = enqueue_ids(settings, _read_ids_file(ids_file, skipped), progress=True, run=run)
     else:
         selection: Selection = "all" if all_ else "untagged" if untagged else "stale"
         report = enqueue_selection(settings, selection, progress=True, run=run)
@@ -154,7 +162,7 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
         click.echo(f"note: {report.duplicates} duplicate ids enqueued once", err=True)
     click.echo(f"enqueued {report.sent} repos in {report.batches} batches"
                + (f" (run {report.run_id})" if report.run_id is not None else ""))
-    if report.invalid or (report.unknown and not report.sent):
+    if skipped or report.invalid or (report.unknown and not report.sent):
         sys.exit(1)
 
 

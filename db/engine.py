@@ -64,8 +64,10 @@ def translate_errors() -> Iterator[None]:
         if sqlstate == UNDEFINED_TABLE:
             raise ConfigError(f"{NOT_MIGRATED} ({_first_line(exc.orig)})") from exc
         # At connect time psycopg gives no SQLSTATE, only the server's message.
-        if sqlstate == INVALID_CATALOG or _MISSING_DATABASE.search(str(exc.orig)):
-            raise ConfigError(f"{_first_line(exc.orig)}: run `tagger db upgrade` to create it") from exc
+        missing = _MISSING_DATABASE.search(str(exc.orig))
+        if sqlstate == INVALID_CATALOG or missing:
+            what = missing.group(0) if missing else _first_line(exc.orig)
+            raise ConfigError(f"{what}: run `tagger db upgrade` to create it") from exc
         if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
             raise DatabaseUnavailable(f"database unavailable: {_first_line(exc.orig)}") from exc
         if isinstance(exc, sa_exc.DataError):

@@ -45,6 +45,17 @@ def _is_special(path: Path) -> bool:
 def atomic_write(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
     """A text stream whose content replaces ``path`` only if the block completes; on any error the
     temporary file is removed and ``path`` is untouched. The new file keeps the old one's permissions."""
+    try:
+        with _replacing(path, encoding) as stream:
+            yield stream
+    except OSError as exc:
+        if exc.filename is None:  # a failed write names no file: say which one
+            exc.filename = str(path)
+        raise
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, encoding: str) -> Iterator[TextIO]:
     if _is_special(path):
         with open(path, "w", encoding=encoding) as stream:
             yield stream
