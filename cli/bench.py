@@ -9,6 +9,7 @@ import click
 
 from bench import suite
 from cli.base import cli, settings_with
+from tagger.files import atomic_write
 
 
 @cli.command()
@@ -35,8 +36,11 @@ def bench(quick: bool, as_json: bool, no_model: bool, model_readmes: int | None)
     report = suite.run(settings_with(), plan, model=not no_model, say=say)
     suite.OUT_DIR.mkdir(parents=True, exist_ok=True)
     rows_file = suite.OUT_DIR / "BENCHMARKS-rows.md"
-    rows_file.write_text(suite.markdown(report), encoding="utf-8")
-    (suite.OUT_DIR / "results.json").write_text(suite.as_json(report) + "\n", encoding="utf-8")
+    # Whole or not at all: a bench run interrupted while writing keeps the previous run's files.
+    with atomic_write(rows_file) as stream:
+        stream.write(suite.markdown(report))
+    with atomic_write(suite.OUT_DIR / "results.json") as stream:
+        stream.write(suite.as_json(report) + "\n")
     if as_json:
         click.echo(suite.as_json(report))
     else:
