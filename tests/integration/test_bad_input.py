@@ -642,3 +642,20 @@ def test_database_outage_while_a_prefork_child_starts_its_runtime_is_retried(set
     assert result.result == {"tagged": 1, "retried": 0, "dead": 0}
     assert len(starts) == 3
     assert stored(settings)["a"]
+
+
+def test_ctrl_c_during_enqueue_marks_only_what_was_sent(settings, env):
+    add_repos(settings, {"a": GOOD, "b": GOOD, "c": GOOD})
+    full = {**env, "TAGGER_QUEUE_HIGH_WATER": "1", "TAGGER_BATCH_SIZE": "1"}  # no worker: paused after one
+    proc = subprocess.Popen([*TAGGER, "enqueue", "--all"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # until the producer waits for room in the queue
+        if '"enqueue_paused"' in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "aborted: what was already committed is kept; running the same command again is safe" in err
+    assert "Traceback" not in err
+    assert (status(env)["pending"], _queued(settings)) == (1, 1)  # the one sent; none marked and left unsent
