@@ -69,7 +69,10 @@ def translate_errors() -> Iterator[None]:
             what = missing.group(0) if missing else _first_line(exc.orig)
             raise ConfigError(f"{what}: run `tagger db upgrade` to create it") from exc
         if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-            raise DatabaseUnavailable(f"database unavailable: {_first_line(exc.orig)}") from exc
+            reason = _first_line(exc.orig)
+            if reason.startswith("connection failed"):
+                reason += " (is PostgreSQL running where TAGGER_DATABASE_URL points?)"
+            raise DatabaseUnavailable(f"database unavailable: {reason}") from exc
         if isinstance(exc, sa_exc.DataError):
             raise InputError(f"rejected by the database: {_first_line(exc.orig)}") from exc
         raise
