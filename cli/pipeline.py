@@ -75,8 +75,16 @@ def taxonomy_load(file: Path, force: bool) -> None:
                 "would vanish from `tagger export`. Nothing was changed; pass --force to load it anyway, then "
                 "`tagger enqueue --stale`"
             )
+        renamed = [(t.id, t.name, new.name) for t in current.tags
+                   if (new := loaded.by_id(t.id)) is not None and new.name != t.name]
+        renamed_in_use = count_repos_tagged_with(conn, [i for i, _, _ in renamed])
         version = replace_taxonomy(conn, loaded, source=str(file))
     click.echo(f"{len(loaded)} tags loaded; taxonomy version {version}")
+    if renamed:
+        sample = ", ".join(f"{old!r} → {new!r}" for _, old, new in renamed[:5])
+        click.echo(f"note: {len(renamed)} tags keep their id under another name ({sample}"
+                   f"{' …' if len(renamed) > 5 else ''}); {renamed_in_use} tagged repos carry them and are exported "
+                   "under the new names: `tagger enqueue --stale` re-tags them", err=True)
     if affected:
         click.echo(f"warning: {affected} tagged repos had dropped tags: `tagger enqueue --stale` re-tags them",
                    err=True)
