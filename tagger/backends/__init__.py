@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tagger.errors import ConfigError
+from tagger.errors import ConfigError, TaggerError
 from tagger.prompt import Prompt
 
 if TYPE_CHECKING:
@@ -128,7 +128,13 @@ def _plugin_factory(settings: Settings) -> Any:
 
 
 def _plugin(settings: Settings) -> Tagger:
-    tagger = _plugin_factory(settings)(settings)
+    factory = _plugin_factory(settings)
+    try:
+        tagger = factory(settings)
+    except TaggerError:
+        raise
+    except Exception as exc:  # the user's own code: theirs to fix, said in one line
+        raise ConfigError(f"backend {settings.backend!r} failed to start: {type(exc).__name__}: {exc}") from exc
     if not isinstance(tagger, Tagger):
         raise ConfigError(f"backend {settings.backend!r} did not return a Tagger")
     return tagger

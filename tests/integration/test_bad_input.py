@@ -371,8 +371,10 @@ def _queued(settings) -> int:
     ({"TAGGER_BACKEND": "nomod:factory"}, "prefork", "error: cannot load backend 'nomod:factory'"),
     ({"TAGGER_DATABASE_URL": "unmigrated"}, "threads", "error: the database has no repo-tagger schema (never "
      "migrated?): run `tagger db upgrade`"),
+    ({"TAGGER_BACKEND": "json:loads"}, "threads", "error: backend 'json:loads' failed to start: TypeError: "),
+    ({"TAGGER_BACKEND": "builtins:repr"}, "threads", "error: backend 'builtins:repr' did not return a Tagger"),
 ], ids=["postgres-down", "backend-unloadable", "backend-unloadable-solo", "backend-unloadable-prefork",
-        "not-migrated"])
+        "not-migrated", "plugin-factory-raises", "plugin-factory-returns-junk"])
 def test_a_worker_that_cannot_work_exits_before_taking_a_message(settings, env, empty_database, overrides, pool,
                                                                   reason):
     add_repos(settings, {"a": GOOD})
