@@ -14,6 +14,7 @@ from tagger.logs import configure_logging
 from tagger.settings import Settings, env_help, load_settings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
+DEBUG_KEY = "tagger.debug"  # in the context's meta: --debug was given, or TAGGER_LOG_LEVEL=DEBUG
 
 
 class UserError(click.ClickException):
@@ -77,9 +78,6 @@ def debugging(ctx: click.Context | None = None) -> bool:
 def _show_traceback(ctx: click.Context, exc: BaseException) -> None:
     if debugging(ctx):
         click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
-
-
-DEBUG_KEY = "tagger.debug"
 
 
 @click.group(cls=TaggerGroup, context_settings=CONTEXT, epilog=env_help())
