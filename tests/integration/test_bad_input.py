@@ -23,7 +23,7 @@ from db.engine import get_engine, transaction
 from db.models import dead_letters, jobs, repos, results
 from db.queries import current_taxonomy_version, load_taxonomy, upsert_repos
 from producer.importer import CHUNK_ROWS
-from tagger.backends import Generation
+from tagger.backends import BACKENDS, Generation
 from tagger.backends.keyword import KeywordTagger
 from tagger.errors import DatabaseUnavailable
 from tagger.prompt import Prompt
@@ -499,7 +499,7 @@ def test_a_repo_whose_newest_readme_is_unusable_is_exported_as_stale(settings, e
     ("TAGGER_DATABASE_URL", "notaurl", "error: invalid setting: TAGGER_DATABASE_URL: 'notaurl' is not a database "
      "URL: expected e.g. postgresql+psycopg://USER@HOST:5432/tagger"),
     ("TAGGER_BACKEND", "nosuch", "error: invalid setting: TAGGER_BACKEND: unknown backend 'nosuch': choose one of "
-     "keyword, llamacpp, openai, vllm, embedding or 'module:factory'"),
+     f"{', '.join(BACKENDS)} or 'module:factory'"),
     ("TAGGER_LOG_LEVEL", "verbose", "error: invalid setting: TAGGER_LOG_LEVEL: unknown log level 'verbose': choose "
      "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("TAGGER_BROKER_URL", "localhost:6379", "error: invalid setting: TAGGER_BROKER_URL: 'localhost:6379' is not a "
