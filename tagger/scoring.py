@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tagger.errors import ConfigError
+from tagger.files import atomic_write
 from tagger.keywords import count_mentions
 from tagger.structure import CUE_TAG, cli_cue
 
@@ -101,7 +102,9 @@ class Profile:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        # Renamed into place: a worker starting meanwhile reads the old profile or the new, never half of one.
+        with atomic_write(path) as stream:
+            stream.write(json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def profile_name(backend: str, model: str) -> str:
