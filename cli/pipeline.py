@@ -254,8 +254,10 @@ def _write_results(database_url: str, stream: TextIO, with_scores: bool) -> tupl
                         for n, i in enumerate(tag_ids) if i in names]
             else:
                 tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
-            row: dict[str, object] = {"id": repo_id, "tags": tags} | ({"source": "manual"} if pinned else {})
-            if repo_id in outdated and not pinned:
+            row: dict[str, object] = {"id": repo_id, "tags": tags}
+            if pinned:
+                row["source"] = "manual"
+            elif repo_id in outdated:
                 row["stale"] = True
                 stale += 1
             stream.write(json.dumps(row, ensure_ascii=False) + "\n")
