@@ -172,7 +172,8 @@ def bench_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a worker or CLI subprocess: every setting of the run as TAGGER_* variables, so
     that a worker builds the very prompts (budget, shortlist, threads...) its bare twin is compared with."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGER_")}
-    env.update({f"TAGGER_{name.upper()}": str(value) for name, value in settings.model_dump().items()})
+    env.update({f"TAGGER_{name.upper()}": "" if value is None else str(value)
+                for name, value in settings.model_dump().items()})  # None: the setting's "auto", empty
     env.update({"TAGGER_LOG_FORMAT": "json", "TAGGER_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env

