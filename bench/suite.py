@@ -100,7 +100,8 @@ def _model_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[
 
 def _vllm_benchmark(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
     with _services(base, "bench-vllm", say) as (settings, tmp):
-        _vllm(settings.model_copy(update={"backend": "vllm"}), plan, report, tmp, say)
+        # scoring off: the pipeline is measured against the bare LLM.chat loop, prompt for prompt.
+        _vllm(settings.model_copy(update={"backend": "vllm", "scoring": "off"}), plan, report, tmp, say)
 
 
 def _gpu_paper(base: Settings, plan: Plan, report: Report, say: Callable[[str], None]) -> None:
