@@ -18,14 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from bench import private_redis
 from tests.acceptance.test_faults import counts, figure, import_repos
 from tests.support.faults import assert_every_repo_accounted
 from tests.support.logs import log_events
 from tests.support.processes import run_cli, wait_until, worker_process
-from workers.contract import queue_depth
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MODEL_LOAD_S = 300  # conversion on a cold cache + load, on 2 busy cores
@@ -77,17 +75,18 @@ def test_killed_worker_leaves_no_engine_and_the_next_tags_its_repos(env, setting
         def swept_and_all_tagged() -> bool:
             if counts(settings.database_url)["tagged"] == n:
                 return True
-            run_cli(env, "sweep", "--older-than", "5")  # what beat's sweeper does for a message Redis lost
+            # What beat's sweeper does for a message lost between BRPOP and kombu's unacked record. The
+            # bound stays above the time a batch legitimately waits behind vLLM batches on 2 busy cores,
+            # so repos are not sent twice while they only wait.
+            run_cli(env, "sweep", "--older-than", "120")
             return False
 
         with worker_process(env, "--hostname", "w2@%h", log=log2) as second:
             second_engine = engine_pids(log2)
             wait_until(swept_and_all_tagged, timeout=600, interval=2, what="all repos tagged by the next worker")
-            wait_until(lambda: queue_depth(broker, settings.queue) == 0, timeout=60, what="queue drained")
             os.kill(second.pid, signal.SIGTERM)  # warm shutdown: the engine stops before the worker exits
             assert second.wait(timeout=120) == 0
             assert not [pid for pid in second_engine if alive(pid)], "SIGTERM left engine processes running"
-        redis.Redis.from_url(broker).close()
     assert log_events(log2, "vllm_engine_stopped") and log_events(log2, "worker_model_closed")
     assert not log_events(log1, "vllm_engine_stopped")  # the first one never got to close it
     assert_every_repo_accounted(settings.database_url, tagged=n)
