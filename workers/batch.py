@@ -136,6 +136,24 @@ def plan_batch(
     return plan
 
 
+def _result_row(
+    repo_id: str, result: Tagged, readme: ReadmeRow, configuration: Mapping[str, object]
+) -> dict[str, Any]:
+    """A result as stored, live or shadow: its tags, what computed them, and from which README."""
+    return {
+        "repo_id": repo_id,
+        "tag_ids": [t.id for t in result.tags],
+        **configuration,
+        "readme_hash": readme.readme_hash,
+        "readme_version": readme.readme_version,
+        # PostgreSQL text cannot hold NUL: one odd answer must not fail the whole write.
+        "raw_output": result.raw.replace("\x00", ""),
+        "latency_ms": result.latency_ms,
+        "tag_scores": list(result.scores) if result.scores else None,
+        "confidence": result.scores[0] if result.scores else None,
+    }
+
+
 def write_plan(
     conn: Connection,
     plan: BatchPlan,
@@ -150,19 +168,7 @@ def write_plan(
     upsert_results(
         conn,
         [
-            {
-                "repo_id": repo_id,
-                "tag_ids": [t.id for t in result.tags],
-                **configuration,
-                "readme_hash": readmes[repo_id].readme_hash,
-                "readme_version": readmes[repo_id].readme_version,
-                # PostgreSQL text cannot hold NUL: one odd answer must not fail the whole write.
-                "raw_output": result.raw.replace("\x00", ""),
-                "latency_ms": result.latency_ms,
-                "tag_scores": list(result.scores) if result.scores else None,
-                "confidence": result.scores[0] if result.scores else None,
-                "run_id": run_id,
-            }
+            _result_row(repo_id, result, readmes[repo_id], configuration) | {"run_id": run_id}
             for repo_id, result in plan.results.items()
             if keep_results
         ],
@@ -187,19 +193,7 @@ def write_shadow_plan(
     """A canary's batch: the same plan, kept in its shadow results only (retries counted there too), so
     no reader of live results, job states or dead letters ever sees it."""
     rows: list[dict[str, Any]] = [
-        {
-            "repo_id": repo_id,
-            "state": "done",
-            "error": None,
-            "tag_ids": [t.id for t in result.tags],
-            **configuration,
-            "readme_hash": readmes[repo_id].readme_hash,
-            "readme_version": readmes[repo_id].readme_version,
-            "raw_output": result.raw.replace("\x00", ""),
-            "latency_ms": result.latency_ms,
-            "tag_scores": list(result.scores) if result.scores else None,
-            "confidence": result.scores[0] if result.scores else None,
-        }
+        _result_row(repo_id, result, readmes[repo_id], configuration) | {"state": "done", "error": None}
         for repo_id, result in plan.results.items()
     ]
     rows += [{"repo_id": r.repo_id, "state": "failed", "attempts": r.attempts, "error": r.reason[:2000]}
