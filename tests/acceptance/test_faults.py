@@ -62,7 +62,9 @@ def test_sigkill_worker_mid_run_loses_nothing(env, settings, tmp_path):
     n = 2000
     import_repos(settings.database_url, n)
     with private_redis() as broker:
-        env = {**env, "TAGGER_BROKER_URL": broker, "TAGGER_VISIBILITY_TIMEOUT_S": "1"}
+        # At a model's pace: on a fast machine the keyword backend could finish before the kill.
+        env = {**env, "TAGGER_BROKER_URL": broker, "TAGGER_VISIBILITY_TIMEOUT_S": "1",
+               "TAGGER_BACKEND": "tests.support.faulty_backend:slow_factory"}
         log1, log2 = tmp_path / "worker1.log", tmp_path / "worker2.log"
         with worker_process(env, "--hostname", "w1@%h", log=log1) as first:
             run_cli(env, "enqueue", "--all", "--batch-size", "20")

@@ -8,6 +8,7 @@ Load it in a worker with ``TAGGER_BACKEND=tests.support.faulty_backend:factory``
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 
 from tagger import errors
@@ -44,3 +45,19 @@ class FaultyTagger(KeywordTagger):
 
 def factory(settings: Settings) -> FaultyTagger:
     return FaultyTagger()
+
+
+class SlowTagger(KeywordTagger):
+    """The keyword tagger at a model's pace (a fixed time per batch): a run lasts long enough for a test
+    to stop a worker in the middle of it, whatever the machine's speed."""
+
+    name = "keyword"  # results look like the keyword backend's
+    seconds_per_batch = 0.05
+
+    def generate(self, prompts: Sequence[Prompt]) -> list[Generation | Exception]:
+        time.sleep(self.seconds_per_batch)
+        return super().generate(prompts)
+
+
+def slow_factory(settings: Settings) -> SlowTagger:
+    return SlowTagger()
