@@ -513,19 +513,8 @@ def tag_rate(conn: Connection, window_s: int = 60) -> float:
 
 def iter_results(conn: Connection, page: int = 5000) -> Iterator[tuple[str, list[int]]]:
     """(repo_id, tag_ids) for every tagged repo, in id order, page by page."""
-    after = ""
-    while True:
-        rows = conn.execute(
-            sa.select(results.c.repo_id, results.c.tag_ids)
-            .where(results.c.repo_id > after)
-            .order_by(results.c.repo_id)
-            .limit(page)
-        ).all()
-        if not rows:
-            return
-        for repo_id, tag_ids in rows:
-            yield repo_id, list(tag_ids)
-        after = rows[-1][0]
+    for repo_id, tag_ids, _scores in iter_scored_results(conn, page):
+        yield repo_id, tag_ids
 
 
 def iter_scored_results(conn: Connection, page: int = 5000) -> Iterator[tuple[str, list[int], list[float] | None]]:
