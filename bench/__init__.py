@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from db.engine import get_engine, transaction
 from db.migrate import upgrade
-from db.queries import upsert_repos
+from db.repos import upsert_repos
 from tagger.keywords import phrases_by_tag
 from tagger.samples import sample_rows
 from tagger.settings import Settings

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from db.engine import transaction
-from db.queries import iter_results
+from db.results import iter_results
 from tagger.answer import parse_answer
 from tagger.backends.vllm import VLLMTagger
 from tagger.settings import Settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from db.engine import transaction
-from db.queries import iter_results
+from db.results import iter_results
 from producer.enqueue import enqueue_ids
 from tagger.answer import answer_schema_json, parse_answer
 from tagger.backends.llamacpp import SEED, LlamaCppTagger, bundled_gguf_path, cpu_count

@@ -11,11 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from db.configuration import Configuration
 from db.engine import transaction
-from db.queries import ResultTotals, mark_done, mark_queued, result_totals, upsert_results
+from db.jobs import mark_queued
+from db.repos import ReadmeRow
+from db.results import ResultTotals, result_totals
+from db.work import LIVE, Outcomes, record_outcomes
 from producer.enqueue import enqueue_ids
+from tagger.engine import Tagged
 from tagger.readme import readme_hash
 from tagger.settings import Settings
+from tagger.taxonomy import Tag
+from workers.batch import result_row
 
 from . import proc_cpu_s, services_cpu_s, wait_for
 
@@ -80,18 +87,19 @@ def run_pipeline(settings: Settings, worker_pid: int, ids: Sequence[str], batch_
 
 
 def result_rows(rows: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-    """What the worker would write for these repos (the keyword backend's configuration)."""
+    """What the worker would write for these repos (the keyword backend's configuration), built as the
+    worker builds it."""
+    configuration = Configuration("keyword", "keyword-v1", "p1d", 1)
+    tagged = Tagged([Tag(4, "cli"), Tag(17, "ai")], json.dumps({"tags": ["cli", "ai"]}), 0.05, 0, 0)
     return [
-        {"repo_id": r["id"], "tag_ids": [4, 17], "backend": "keyword", "model": "keyword-v1", "prompt_version": "p1d",
-         "taxonomy_version": 1, "readme_hash": readme_hash(r["readme"]), "readme_version": 1,
-         "raw_output": json.dumps({"tags": ["cli", "ai"]}), "latency_ms": 0.05}
+        result_row(r["id"], tagged, ReadmeRow(r["id"], r["readme"], readme_hash(r["readme"]), 1, False), configuration)
         for r in rows
     ]
 
 
 def run_raw(url: str, rows: Sequence[dict[str, Any]], batch_size: int) -> float:
-    """Rows per second of the pipeline's writes alone: per batch, one transaction with the results
-    upsert and the job-state upsert. The jobs are marked queued first (untimed), as enqueueing does."""
+    """Rows per second of the pipeline's writes alone: per batch, one transaction of the worker's write
+    (results and job states). The jobs are marked queued first (untimed), as enqueueing does."""
     for start in range(0, len(rows), 5000):
         with transaction(url) as conn:
             mark_queued(conn, [r["repo_id"] for r in rows[start : start + 5000]])
@@ -100,6 +108,5 @@ def run_raw(url: str, rows: Sequence[dict[str, Any]], batch_size: int) -> float:
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         with transaction(url) as conn:
-            upsert_results(conn, batch)
-            mark_done(conn, [r["repo_id"] for r in batch], task_id)
+            record_outcomes(conn, LIVE, Outcomes(results=list(batch)), task_id=task_id, run_id=None)
     return len(rows) / (time.perf_counter() - started)

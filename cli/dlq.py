@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import click
 
 from cli.base import cli, operator, settings_with
+from db.dead_letters import dead_letter_ids, get_dead_letter, list_dead_letters, purge_dead_letters
 from db.engine import transaction
-from db.queries import dead_letter_ids, get_dead_letter, list_dead_letters, purge_dead_letters
 from producer.enqueue import RunSpec, Sender
 from tagger.errors import InputError
 
@@ -29,7 +29,7 @@ def dlq() -> None:
 def dlq_list(as_json: bool, limit: int | None) -> None:
     """Dead letters, newest first."""
     with transaction(settings_with().database_url) as conn:
-        rows = [_jsonable(r) for r in list_dead_letters(conn, limit)]
+        rows = [_jsonable(r.as_dict()) for r in list_dead_letters(conn, limit)]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
@@ -51,7 +51,7 @@ def dlq_show(repo_id: str) -> None:
         row = get_dead_letter(conn, repo_id)
     if row is None:
         raise InputError(f"no dead letter for repo {repo_id!r}")
-    click.echo(json.dumps(_jsonable(row), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(_jsonable(row.as_dict()), indent=2, ensure_ascii=False))
 
 
 @dlq.command("requeue")

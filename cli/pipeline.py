@@ -6,28 +6,22 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
 from cli.base import cli, operator, settings_with
 from cli.runs import show_run
 from db.engine import transaction
+from db.jobs import status_counts
 from db.migrate import upgrade
-from db.queries import (
-    Selection,
-    count_repos_tagged_with,
-    iter_export,
-    least_confident_results,
-    load_taxonomy,
-    outdated_result_ids,
-    replace_taxonomy,
-    status_counts,
-    tag_rate,
-)
+from db.repos import Selection
+from db.results import iter_export, least_confident_results, outdated_result_ids, tag_rate
+from db.taxonomy import count_repos_tagged_with, load_taxonomy, replace_taxonomy
+from db.work import LIVE, canary_store
 from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
-from producer.runs import sweep_canary
+from producer.runs import find_run
 from tagger.errors import BrokerUnavailable, InputError
 from tagger.files import atomic_write, output_path
 from tagger.taxonomy import Taxonomy
@@ -183,10 +177,8 @@ def sweep(older_than: int | None, canary_run: int | None) -> None:
     """Re-enqueue repos queued too long without a result (messages lost by the broker)."""
     settings = settings_with()
     if canary_run is not None:
-        older = settings.sweep_older_than_s if older_than is None else older_than
-        click.echo(f"re-enqueued {sweep_canary(settings, canary_run, older)} repos")
-        return
-    swept = sweep_stuck(settings, older_than)
+        find_run(settings, canary_run, kind="canary")
+    swept = sweep_stuck(settings, older_than, store=LIVE if canary_run is None else canary_store(canary_run))
     click.echo(f"re-enqueued {swept} repos")
 
 
@@ -248,14 +240,15 @@ def _write_results(database_url: str, stream: TextIO, with_scores: bool) -> tupl
     with transaction(database_url) as conn:
         names = {t.id: t.name for t in load_taxonomy(conn).tags}
         outdated = outdated_result_ids(conn)
-        for repo_id, tag_ids, scores, pinned in iter_export(conn):
+        for result in iter_export(conn):
+            repo_id, tag_ids, scores = result.repo_id, result.tag_ids, result.tag_scores
             if with_scores:
                 tags = [{"id": i, "name": names[i], "score": scores[n] if scores and n < len(scores) else None}
                         for n, i in enumerate(tag_ids) if i in names]
             else:
                 tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
             row: dict[str, object] = {"id": repo_id, "tags": tags}
-            if pinned:
+            if result.pinned:
                 row["source"] = "manual"
             elif repo_id in outdated:
                 row["stale"] = True
@@ -278,14 +271,16 @@ def review(limit: int, as_json: bool) -> None:
         names = {t.id: t.name for t in load_taxonomy(conn).tags}
         rows = least_confident_results(conn, limit)
     for row in rows:
-        scores = row["tag_scores"] or []
-        tags = [{"id": i, "name": names.get(i, str(i)), "score": scores[n] if n < len(scores) else None}
-                for n, i in enumerate(row["tag_ids"])]
+        scores = row.tag_scores or []
+        tags: list[dict[str, Any]] = [
+            {"id": i, "name": names.get(i, str(i)), "score": scores[n] if n < len(scores) else None}
+            for n, i in enumerate(row.tag_ids)
+        ]
         if as_json:
-            click.echo(json.dumps({"id": row["repo_id"], "name": row["name"], "confidence": row["confidence"],
+            click.echo(json.dumps({"id": row.repo_id, "name": row.name, "confidence": row.confidence,
                                    "tags": tags}, ensure_ascii=False))
         else:
             shown = ", ".join(f"{t['name']} {t['score']:.2f}" if t["score"] is not None else t["name"] for t in tags)
-            click.echo(f"{row['confidence']:.3f}  {row['repo_id']:<10} {row['name'] or '':<30} {shown}")
+            click.echo(f"{row.confidence:.3f}  {row.repo_id:<10} {row.name or '':<30} {shown}")
     if not rows and not as_json:
         click.echo("no scored results yet", err=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ import click
 
 from cli.base import cli, operator, settings_with
 from db.engine import transaction
-from db.queries import list_runs, run_counts
+from db.runs import Run, list_runs, run_counts
 from producer.enqueue import RunSpec
 from producer.runs import (
+    RunStatus,
     diff_run,
     find_run,
     history,
@@ -42,10 +42,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _state(run: Mapping[str, Any]) -> str:
-    if run["rolled_back_at"]:
+def _state(run: Run) -> str:
+    if run.rolled_back_at:
         return "rolled back"
-    if run["promoted_at"]:
+    if run.promoted_at:
         return "promoted"
     return ""
 
@@ -57,35 +57,33 @@ def runs_(limit: int, as_json: bool) -> None:
     """The runs, newest first: who started them, the configuration, the selection, their progress."""
     settings = settings_with()
     with transaction(settings.database_url) as conn:
-        rows = [run | {"counts": run_counts(conn, run)} for run in list_runs(conn, limit)]
+        rows = [RunStatus(run, run_counts(conn, run)) for run in list_runs(conn, limit)]
     if as_json:
-        for run in rows:
-            click.echo(json.dumps(_jsonable(run)))
+        for status in rows:
+            click.echo(json.dumps(_jsonable(status.as_dict())))
         return
     click.echo(f"{'id':>5} {'kind':<6} {'started (UTC)':<19} {'by':<20} {'backend/model':<32} {'selection':<20} "
                f"{'sent':>7} {'done':>7}  state")
-    for run in rows:
-        counts = run["counts"]
+    for status in rows:
+        run, counts = status.run, status.counts
         sent = counts.get("enqueued", counts.get("sample", 0))
-        config = f"{run['backend']}/{run['model']}"
+        config = f"{run.configuration.backend}/{run.configuration.model}"
         if len(config) > 32:
             config = "..." + config[-29:]
-        by = run["started_by"] + (f" ({run['label']})" if run["label"] else "")
-        click.echo(f"{run['id']:>5} {run['kind']:<6} {_when(run['started_at']):<19} {by[:20]:<20} {config:<32} "
-                   f"{run['selection'][:20]:<20} {sent:>7} {counts['done']:>7}  {_state(run)}")
+        by = run.started_by + (f" ({run.label})" if run.label else "")
+        click.echo(f"{run.id:>5} {run.kind:<6} {_when(run.started_at):<19} {by[:20]:<20} {config:<32} "
+                   f"{run.selection[:20]:<20} {sent:>7} {counts['done']:>7}  {_state(run)}")
 
 
 def show_run(run_id: int, as_json: bool) -> None:
     """`tagger status --run ID`: one run, its configuration and its counts."""
-    run = find_run(settings_with(), run_id)
+    status = find_run(settings_with(), run_id)
     if as_json:
-        click.echo(json.dumps(_jsonable(run)))
+        click.echo(json.dumps(_jsonable(status.as_dict())))
         return
-    for key in ("id", "kind", "started_at", "started_by", "label", "backend", "model", "prompt_version",
-                "taxonomy_version", "selection", "promoted_at", "rolled_back_at"):
-        value = run[key]
+    for key, value in status.run.as_dict().items():
         click.echo(f"{key:<22} {_when(value) if isinstance(value, datetime) else value if value is not None else '-'}")
-    for key, value in run["counts"].items():
+    for key, value in status.counts.items():
         click.echo(f"{key:<22} {value}")
 
 
@@ -116,7 +114,7 @@ def canary(size: int, seed: int | None, label: str | None) -> None:
     report = start_canary(settings, size, chosen, RunSpec(operator(), label), on_started=started)
     click.echo(f"canary run {report.run_id}: {report.sample} repos sent in {report.batches} batches to queue "
                f"{report.queue}")
-    config = " ".join(f"{k}={v}" for k, v in report.configuration.items())
+    config = " ".join(f"{k}={v}" for k, v in report.configuration.as_dict().items())
     click.echo(f"configuration: {config}")
 
 
@@ -195,21 +193,22 @@ def history_(repo_id: str, as_json: bool) -> None:
     versions, pin, names = history(settings_with(), repo_id)
     if as_json:
         for version in versions:
-            click.echo(json.dumps(_jsonable(version)))
+            click.echo(json.dumps(_jsonable(version.as_dict())))
         return
     if pin:
-        click.echo(f"pinned by {pin['set_by']} at {_when(pin['set_at'])}" + (f": {pin['note']}" if pin["note"] else ""))
+        click.echo(f"pinned by {pin.set_by} at {_when(pin.set_at)}" + (f": {pin.note}" if pin.note else ""))
     if not versions:
         click.echo("never tagged")
     for version in versions:
-        tags = ", ".join(names.get(i, str(i)) for i in version["tag_ids"]) or "(none)"
-        source = (f"manual ({version['model']})" if version["backend"] == "manual"
-                  else f"run {version['run_id'] or '-'} {version['backend']}/{version['model']} "
-                       f"{version['prompt_version']} taxonomy {version['taxonomy_version']}")
-        until = ("live" if version["replaced_reason"] is None
-                 else f"replaced {_when(version['replaced_at'])} by {version['replaced_reason']}"
-                 + (f" {version['replaced_by_run']}" if version["replaced_by_run"] else ""))
-        click.echo(f"{_when(version['tagged_at'])}  {tags:<40} {source}  [{until}]")
+        tags = ", ".join(names.get(i, str(i)) for i in version.tag_ids) or "(none)"
+        config = version.configuration
+        source = (f"manual ({config.model})" if version.pinned
+                  else f"run {version.run_id or '-'} {config.backend}/{config.model} "
+                       f"{config.prompt_version} taxonomy {config.taxonomy_version}")
+        until = ("live" if version.replaced_reason is None
+                 else f"replaced {_when(version.replaced_at)} by {version.replaced_reason}"
+                 + (f" {version.replaced_by_run}" if version.replaced_by_run else ""))
+        click.echo(f"{_when(version.tagged_at)}  {tags:<40} {source}  [{until}]")
 
 
 @cli.group()

@@ -6,7 +6,7 @@ import click
 
 from cli.base import cli, settings_with
 from db.engine import transaction
-from db.queries import current_taxonomy_version
+from db.taxonomy import current_taxonomy_version
 from producer.runs import canary_settings, check_canary_worker, find_run
 from tagger.backends import check_backend, configured_model
 from tagger.errors import ConfigError
@@ -43,7 +43,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | 
         run = find_run(settings, canary_run, kind="canary")
         settings = canary_settings(settings, canary_run)
         runtime = Runtime.start(settings)
-        check_canary_worker(run, runtime.configuration)
+        check_canary_worker(run.run, runtime.configuration)
         app = create_worker_app(settings, runtime, canary_run=canary_run)
     elif pool == "prefork":
         # Each child loads its own model after the fork; the parent only checks that it could.

@@ -26,18 +26,6 @@ NOT_MIGRATED = "the database has no repo-tagger schema (never migrated?): run `t
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One engine (and pool) per URL and process: no per-batch connection setup on the hot path."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
     return sa.create_engine(
         url,
         pool_pre_ping=True,

@@ -9,7 +9,8 @@ from alembic import command
 from alembic.config import Config
 
 from db.engine import create_database_if_missing, get_engine, translate_errors
-from db.queries import advisory_xact_lock, replace_taxonomy
+from db.locks import advisory_xact_lock
+from db.taxonomy import replace_taxonomy
 from tagger.taxonomy import Taxonomy
 
 UPGRADE_LOCK = 0x7461_6767_6572_0003  # PostgreSQL advisory lock key of `tagger db upgrade`

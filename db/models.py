@@ -1,16 +1,30 @@
-"""The schema. Alembic migrations must match it (tests/integration/test_migrations.py checks).
+"""The schema (PostgreSQL). Alembic migrations must match it (tests/integration/test_migrations.py checks).
 
-Types are portable (JSON, not ARRAY) so the embedded demo runs the same code on SQLite.
+A result is declared once (:data:`RESULT_FIELDS`): ``results``, ``result_history`` and
+``shadow_results`` are built from it, and so is every statement that writes or copies one
+(db/results.py). Adding a field to a result is one line here, a migration, and the code computing it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, Text, func
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    REAL,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -20,201 +34,189 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JsonType = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
+# Native arrays, chosen by measurement over JSONB (BENCHMARKS.md, "The result's column types"): at 200k
+# results, inserts 15-30% faster on the server, the table 3% smaller, and `&&` answers "tagged with any
+# of" directly. int, not smallint: tag ids are the user's (tags.id), any non-negative integer. real (7
+# significant digits) is plenty for a calibrated probability, and 4 bytes a score smaller than JSONB.
+TagIds = ARRAY(Integer)
+Scores = ARRAY(REAL)
 
 JOB_STATES = ("queued", "done", "failed", "dead")
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-
-
-class TagRow(Base):
-    """The current taxonomy: ids are the user's, never renumbered."""
-
-    __tablename__ = "tags"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    name: Mapped[str] = mapped_column(Text, unique=True)
-    description: Mapped[str] = mapped_column(Text, server_default="")
-
-
-class TaxonomyVersion(Base):
-    __tablename__ = "taxonomy_versions"
-    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    content_hash: Mapped[str] = mapped_column(Text, unique=True)
-    source: Mapped[str] = mapped_column(Text)
-    loaded_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-
-
-class Repo(Base):
-    __tablename__ = "repos"
-    id: Mapped[str] = mapped_column(Text, primary_key=True)
-    name: Mapped[str] = mapped_column(Text, server_default="")
-    readme: Mapped[str] = mapped_column(Text)
-    readme_hash: Mapped[str] = mapped_column(Text)
-    # Bumped whenever the README's hash changes: orders results computed from different READMEs.
-    readme_version: Mapped[int] = mapped_column(Integer, server_default="1")
-    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-
-
-class Result(Base):
-    __tablename__ = "results"
-    # `tagger review` lists the least confident results first.
-    __table_args__ = (Index("ix_results_confidence", "confidence"),)
-    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
-    tag_ids: Mapped[Any] = mapped_column(JsonType)
-    backend: Mapped[str] = mapped_column(Text)
-    model: Mapped[str] = mapped_column(Text)
-    prompt_version: Mapped[str] = mapped_column(Text)
-    taxonomy_version: Mapped[int] = mapped_column(Integer)
-    readme_hash: Mapped[str] = mapped_column(Text)
-    readme_version: Mapped[int] = mapped_column(Integer)
-    raw_output: Mapped[str] = mapped_column(Text)
-    latency_ms: Mapped[float] = mapped_column(Float)
-    # The confidence of each tag, in tag_ids' order (tagger/scoring.py); NULL where the backend's answer
-    # was taken as is (keyword, embedding, your own backends).
-    tag_scores: Mapped[Any | None] = mapped_column(JsonType, nullable=True)
-    # The best tag's confidence: how sure the result is as a whole.
-    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tagged_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    # The run whose write this is (None: written before runs existed, or pinned by hand). No foreign key:
-    # a check per written row (a trigger) measurably slowed the hot path; workers check the run once
-    # per batch (workers.batch.process_batch).
-    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-
-
-class Job(Base):
-    """Each repo's job state. Postgres is the source of truth; the queue is only a transport."""
-
-    __tablename__ = "jobs"
-    __table_args__ = (
-        CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
-        Index("ix_jobs_state_queued_at", "state", "queued_at"),
-    )
-    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
-    state: Mapped[str] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    # When the repo is due on a worker: enqueue time, or the time a planned retry comes due.
-    queued_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    task_id: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # The run that last enqueued the repo: what the sweeper re-sends it under. No foreign key: the hot
-    # path's job writes stay free of a check per row.
-    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-
-
-class DeadLetter(Base):
-    """Repos that kept failing. No foreign key: an id that is not in the index is dead-lettered too."""
-
-    __tablename__ = "dead_letters"
-    repo_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    error_class: Mapped[str] = mapped_column(Text)
-    message: Mapped[str] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer)
-    first_failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    last_failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    task_id: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
 RUN_KINDS = ("live", "canary")
 MANUAL = "manual"  # results.backend of a repo whose tags a person pinned
 
-
-class Run(Base):
-    """One piece of tagging work started by an enqueue (live) or a canary (shadow results only)."""
-
-    __tablename__ = "runs"
-    __table_args__ = (CheckConstraint("kind IN ('live', 'canary')", name="kind"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    started_by: Mapped[str] = mapped_column(Text)
-    label: Mapped[str | None] = mapped_column(Text, nullable=True)
-    backend: Mapped[str] = mapped_column(Text)
-    model: Mapped[str] = mapped_column(Text)
-    prompt_version: Mapped[str] = mapped_column(Text)
-    taxonomy_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    selection: Mapped[str] = mapped_column(Text)
-    # Repos sent so far; the rest of a run's counts are read off jobs, results and shadow_results.
-    enqueued: Mapped[int] = mapped_column(Integer, server_default="0")
-    promoted_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-    rolled_back_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+metadata = MetaData(naming_convention=NAMING)
 
 
-class ResultHistory(Base):
-    """A result as it was before something replaced it: a run, a pin, an unpin, a rollback."""
+@dataclass(frozen=True, slots=True)
+class ResultField:
+    name: str
+    type: Any
+    nullable: bool = False
+    # How the field travels in a multi-row write (one array per column, unnest()ed by the server): the
+    # SQL array type of its parameter, and the cast back to the column's type. An array-valued field
+    # travels as its text literal ('{4,17}'): a 2-D parameter could not hold arrays of different lengths.
+    array: str = "text[]"
+    cast: str = ""
 
-    __tablename__ = "result_history"
-    __table_args__ = (Index("ix_result_history_repo_id_id", "repo_id", "id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"))
-    tag_ids: Mapped[Any] = mapped_column(JsonType)
-    backend: Mapped[str] = mapped_column(Text)
-    model: Mapped[str] = mapped_column(Text)
-    prompt_version: Mapped[str] = mapped_column(Text)
-    taxonomy_version: Mapped[int] = mapped_column(Integer)
-    readme_hash: Mapped[str] = mapped_column(Text)
-    readme_version: Mapped[int] = mapped_column(Integer)
-    raw_output: Mapped[str] = mapped_column(Text)
-    latency_ms: Mapped[float] = mapped_column(Float)
-    tag_scores: Mapped[Any | None] = mapped_column(JsonType, nullable=True)
-    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tagged_at: Mapped[datetime] = mapped_column(Timestamp)
-    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    replaced_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    @property
+    def is_array(self) -> bool:
+        return isinstance(self.type, ARRAY)
+
+
+# A stored result: its tags and what computed them from which README. The configuration (backend,
+# model, prompt_version, taxonomy_version) is db.configuration.CONFIGURATION_FIELDS, spelled here too.
+RESULT_FIELDS: tuple[ResultField, ...] = (
+    ResultField("tag_ids", TagIds, cast="::int[]"),
+    ResultField("backend", Text()),
+    ResultField("model", Text()),
+    ResultField("prompt_version", Text()),
+    ResultField("taxonomy_version", Integer(), array="int[]"),
+    ResultField("readme_hash", Text()),
+    ResultField("readme_version", Integer(), array="int[]"),
+    ResultField("raw_output", Text()),
+    ResultField("latency_ms", Float(), array="float8[]"),
+    # The confidence of each tag, in tag_ids' order (tagger/scoring.py); NULL where the backend's answer
+    # was taken as is (keyword, embedding, your own backends).
+    ResultField("tag_scores", Scores, nullable=True, cast="::real[]"),
+    # The best tag's confidence: how sure the result is as a whole (`tagger review` sorts on it).
+    ResultField("confidence", Float(), nullable=True, array="float8[]"),
+)
+RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS)
+
+
+def result_columns(*, optional: bool = False) -> list[Column[Any]]:
+    """The result's columns for one table; ``optional``: all nullable (a canary's queued repos have none)."""
+    return [Column(f.name, f.type, nullable=optional or f.nullable) for f in RESULT_FIELDS]
+
+
+def _repo_key(*, primary_key: bool = True) -> Column[str]:
+    return Column("repo_id", Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=primary_key,
+                  nullable=False)
+
+
+tags = Table(
+    "tags", metadata,  # the current taxonomy: ids are the user's, never renumbered
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, unique=True, nullable=False),
+    Column("description", Text, server_default="", nullable=False),
+)
+
+taxonomy_versions = Table(
+    "taxonomy_versions", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("content_hash", Text, unique=True, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("loaded_at", Timestamp, server_default=func.now(), nullable=False),
+)
+
+repos = Table(
+    "repos", metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, server_default="", nullable=False),
+    Column("readme", Text, nullable=False),
+    Column("readme_hash", Text, nullable=False),
+    # Bumped whenever the README's hash changes: orders results computed from different READMEs.
+    Column("readme_version", Integer, server_default="1", nullable=False),
+    Column("created_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("updated_at", Timestamp, server_default=func.now(), nullable=False),
+)
+
+results = Table(
+    "results", metadata,
+    _repo_key(),
+    *result_columns(),
+    Column("tagged_at", Timestamp, server_default=func.now(), nullable=False),
+    # The run whose write this is (None: written before runs existed, or pinned by hand). No foreign key:
+    # a check per written row (a trigger) measurably slowed the hot path; workers check the run once
+    # per batch (workers.batch.process_batch).
+    Column("run_id", Integer, nullable=True, index=True),
+    Index("ix_results_confidence", "confidence"),
+)
+
+# A result as a version: what history keeps, rollback restores and `tagger history` shows.
+VERSION_NAMES = ("repo_id", *RESULT_NAMES, "tagged_at", "run_id")
+
+result_history = Table(
+    "result_history", metadata,  # a result as it was before a run, a pin, an unpin or a rollback replaced it
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _repo_key(primary_key=False),
+    *result_columns(),
+    Column("tagged_at", Timestamp, nullable=False),
+    Column("run_id", Integer, nullable=True, index=True),
+    Column("replaced_at", Timestamp, server_default=func.now(), nullable=False),
     # What replaced it: run N's write, or "manual", "unpin", "rollback".
-    replaced_by_run: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    replaced_reason: Mapped[str] = mapped_column(Text)
+    Column("replaced_by_run", Integer, nullable=True, index=True),
+    Column("replaced_reason", Text, nullable=False),
+    Index("ix_result_history_repo_id_id", "repo_id", "id"),
+)
 
+jobs = Table(
+    "jobs", metadata,  # each repo's job state: Postgres is the source of truth; the queue only a transport
+    _repo_key(),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, server_default="0", nullable=False),
+    # When the repo is due on a worker: enqueue time, or the time a planned retry comes due.
+    Column("queued_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("updated_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("task_id", Text, nullable=True),
+    # The run that last enqueued the repo: what the sweeper re-sends it under. No foreign key: the hot
+    # path's job writes stay free of a check per row.
+    Column("run_id", Integer, nullable=True),
+    CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
+    Index("ix_jobs_state_queued_at", "state", "queued_at"),
+)
 
-class ManualTag(Base):
-    """Tags a person pinned: no run, refresh, sweep or promote overwrites them."""
+dead_letters = Table(
+    "dead_letters", metadata,  # no foreign key: an id that is not in the index is dead-lettered too
+    Column("repo_id", Text, primary_key=True),
+    Column("error_class", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failed_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("last_failed_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("task_id", Text, nullable=True),
+)
 
-    __tablename__ = "manual_tags"
-    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
-    tag_ids: Mapped[Any] = mapped_column(JsonType)
-    set_by: Mapped[str] = mapped_column(Text)
-    set_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    note: Mapped[str] = mapped_column(Text, server_default="")
+runs = Table(
+    "runs", metadata,  # work started by an enqueue (live) or a canary (shadow results only)
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("started_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("started_by", Text, nullable=False),
+    Column("label", Text, nullable=True),
+    Column("backend", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("prompt_version", Text, nullable=False),
+    Column("taxonomy_version", Integer, nullable=True),
+    Column("selection", Text, nullable=False),
+    # Repos sent so far; the rest of a run's counts are read off jobs, results and shadow_results.
+    Column("enqueued", Integer, server_default="0", nullable=False),
+    Column("promoted_at", Timestamp, nullable=True),
+    Column("rolled_back_at", Timestamp, nullable=True),
+    CheckConstraint("kind IN ('live', 'canary')", name="kind"),
+)
 
+manual_tags = Table(
+    "manual_tags", metadata,  # tags a person pinned: no run, refresh, sweep or promote overwrites them
+    _repo_key(),
+    Column("tag_ids", TagIds, nullable=False),
+    Column("set_by", Text, nullable=False),
+    Column("set_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("note", Text, server_default="", nullable=False),
+)
 
-class ShadowResult(Base):
-    """A canary's result for one repo of its sample: no reader of live results sees these."""
-
-    __tablename__ = "shadow_results"
-    __table_args__ = (CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),)
-    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    repo_id: Mapped[str] = mapped_column(Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=True)
-    state: Mapped[str] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    tag_ids: Mapped[Any | None] = mapped_column(JsonType, nullable=True)
-    backend: Mapped[str | None] = mapped_column(Text, nullable=True)
-    model: Mapped[str | None] = mapped_column(Text, nullable=True)
-    prompt_version: Mapped[str | None] = mapped_column(Text, nullable=True)
-    taxonomy_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    readme_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
-    readme_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    raw_output: Mapped[str | None] = mapped_column(Text, nullable=True)
-    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tag_scores: Mapped[Any | None] = mapped_column(JsonType, nullable=True)
-    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
-    promoted_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-
-
-metadata = Base.metadata
-# Core tables, for the SQL in db/queries.py.
-tags = metadata.tables["tags"]
-taxonomy_versions = metadata.tables["taxonomy_versions"]
-repos = metadata.tables["repos"]
-results = metadata.tables["results"]
-jobs = metadata.tables["jobs"]
-dead_letters = metadata.tables["dead_letters"]
-runs = metadata.tables["runs"]
-result_history = metadata.tables["result_history"]
-manual_tags = metadata.tables["manual_tags"]
-shadow_results = metadata.tables["shadow_results"]
+shadow_results = Table(
+    "shadow_results", metadata,  # a canary's result per repo of its sample: no live reader sees these
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    _repo_key(),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, server_default="0", nullable=False),
+    Column("error", Text, nullable=True),
+    *result_columns(optional=True),
+    Column("updated_at", Timestamp, server_default=func.now(), nullable=False),
+    Column("promoted_at", Timestamp, nullable=True),
+    CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
+)

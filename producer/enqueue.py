@@ -14,34 +14,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 
-import sqlalchemy as sa
 import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 from tqdm import tqdm
 
+from db.configuration import Configuration
 from db.engine import get_engine, transaction, translate_errors
-from db.models import repos
-from db.queries import (
-    Selection,
-    add_run_enqueued,
-    advisory_lock,
-    advisory_unlock,
-    claim_stuck_jobs,
-    create_run,
-    current_taxonomy_version,
-    existing_repo_ids,
-    job_run_ids,
-    load_taxonomy,
-    mark_queued,
-    page_repo_ids,
-    try_advisory_lock,
-)
+from db.jobs import mark_queued
+from db.locks import advisory_lock, advisory_unlock, try_advisory_lock
+from db.repos import Selection, count_repos, existing_repo_ids, page_repo_ids
+from db.runs import add_run_enqueued, create_run
+from db.taxonomy import current_taxonomy_version, load_taxonomy
+from db.work import LIVE, Store, claim_stuck
 from tagger.backends import configured_model
 from tagger.engine import configured_prompt_version
 from tagger.errors import BrokerUnavailable, InputError
 from tagger.ids import validate_repo_id
 from tagger.settings import Settings
-from workers.contract import TAG_BATCH, create_app, queue_depth
+from workers.contract import TAG_BATCH, canary_queue, create_app, queue_depth
 
 log = structlog.get_logger("tagger.producer")
 
@@ -96,24 +86,20 @@ def exclusive(database_url: str, key: int, *, wait: bool) -> Iterator[bool]:
                 conn.commit()
 
 
-def current_configuration(settings: Settings) -> dict[str, object]:
+def current_configuration(settings: Settings) -> Configuration:
     """The configuration a worker with these settings would record in its results."""
     with transaction(settings.database_url) as conn:
         taxonomy = load_taxonomy(conn)
         version = current_taxonomy_version(conn)
-    return {
-        "backend": settings.backend,
-        "model": configured_model(settings),
-        "prompt_version": configured_prompt_version(taxonomy, settings),
-        "taxonomy_version": version,
-    }
+    return Configuration(settings.backend, configured_model(settings), configured_prompt_version(taxonomy, settings),
+                         version)
 
 
 def count_selection(settings: Settings, selection: Selection) -> int | None:
     if selection != "all":
         return None  # counting a join over the whole index costs as much as selecting it
     with transaction(settings.database_url) as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(repos)).scalar_one())
+        return count_repos(conn)
 
 
 def iter_selection(settings: Settings, selection: Selection, page_size: int = PAGE_SIZE) -> Iterator[list[str]]:
@@ -136,7 +122,7 @@ def record_run(settings: Settings, spec: RunSpec, selection: str, kind: str = "l
         run_id = create_run(conn, kind=kind, started_by=spec.started_by, label=spec.label, selection=selection,
                             configuration=configuration)
     log.info("run_started", run_id=run_id, kind=kind, started_by=spec.started_by, label=spec.label,
-             selection=selection, **configuration)
+             selection=selection, **configuration.as_dict())
     return run_id
 
 
@@ -288,37 +274,45 @@ def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool
     return report
 
 
-def sweep_stuck(settings: Settings, older_than_s: float | None = None, *, wait: bool = True) -> int:
-    """Re-enqueue repos queued longer than the bound without a result (messages lost in Redis).
+def canary_settings(settings: Settings, run_id: int) -> Settings:
+    """The settings a canary's producer and workers use: the canary's own queue."""
+    return settings.model_copy(update={"queue": canary_queue(settings.queue, run_id)})
 
-    claim_stuck_jobs already keeps two sweeps from claiming the same repo; the lock keeps a second one
-    from even starting while the first waits on backpressure."""
+
+def sweep_stuck(settings: Settings, older_than_s: float | None = None, *, wait: bool = True,
+                store: Store = LIVE) -> int:
+    """Re-send the repos of ``store`` (live, or a canary's) queued longer than the bound without a result
+    (messages lost in Redis), each under the run that sent it.
+
+    claim_stuck already keeps two sweeps from claiming the same repo; the lock keeps a second one from
+    even starting while the first waits on backpressure. Beat sweeps live work only: a canary nobody
+    serves any more must not fill its queue forever (its sweep is run by hand)."""
     with exclusive(settings.database_url, SWEEP_LOCK, wait=wait) as held:
         if not held:
             log.info("sweep_skipped", reason="another sweep holds the lock")
             return 0
-        return _sweep_stuck(settings, older_than_s)
+        return _sweep_stuck(settings, older_than_s, store)
 
 
-def _sweep_stuck(settings: Settings, older_than_s: float | None) -> int:
+def _sweep_stuck(settings: Settings, older_than_s: float | None, store: Store) -> int:
     older_than = settings.sweep_older_than_s if older_than_s is None else older_than_s
-    sender = Sender(settings)
+    if store.canary_run is not None:
+        sender = Sender(canary_settings(settings, store.canary_run), run_id=store.canary_run, shadow=True)
+    else:
+        sender = Sender(settings)
     swept = 0
     while True:
         with transaction(settings.database_url) as conn:
-            ids = claim_stuck_jobs(conn, older_than, PAGE_SIZE)
-            run_of = job_run_ids(conn, ids) if ids else {}
-        if not ids:
+            by_run = claim_stuck(conn, store, older_than, PAGE_SIZE)
+        if not by_run:
             break
-        # Each repo goes again under the run that enqueued it: its result is still that run's.
-        by_run: dict[int | None, list[str]] = {}
-        for repo_id in ids:
-            by_run.setdefault(run_of.get(repo_id), []).append(repo_id)
+        claimed = 0
         for run_id, group in sorted(by_run.items(), key=lambda item: item[0] or 0):
             sender.send(group, reset_attempts=False, run_id=run_id)
-        swept += len(ids)
-        if len(ids) < PAGE_SIZE:
+            claimed += len(group)
+        swept += claimed
+        if claimed < PAGE_SIZE:
             break
     if swept:
-        log.warning("swept", repos=swept, older_than_s=older_than)
+        log.warning("swept", repos=swept, older_than_s=older_than, run_id=store.canary_run)
     return swept

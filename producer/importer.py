@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from db.engine import transaction
-from db.queries import upsert_repos
+from db.repos import upsert_repos
 from tagger.errors import InputError
 from tagger.ids import validate_repo_id
 

@@ -13,7 +13,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from db.engine import transaction
-from db.queries import job_state_counts, status_counts, tag_rate
+from db.jobs import job_state_counts, status_counts
+from db.results import tag_rate
 from tagger.errors import TaggerError
 from tagger.settings import Settings
 from workers.contract import maintenance_queue, queue_depth

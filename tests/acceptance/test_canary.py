@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from bench import private_redis
 from db.engine import transaction
 from db.models import jobs, results, shadow_results
-from db.queries import upsert_repos
+from db.repos import upsert_repos
 from tests.support.data import readme_fixture_rows
 from tests.support.processes import run_cli, wait_until, worker_process
 from workers.contract import canary_queue, queue_depth

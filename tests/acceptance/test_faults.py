@@ -18,8 +18,10 @@ import redis
 import sqlalchemy as sa
 
 from bench import private_redis
+from db.dead_letters import list_dead_letters
 from db.engine import transaction
-from db.queries import list_dead_letters, status_counts, upsert_repos
+from db.jobs import status_counts
+from db.repos import upsert_repos
 from tests.support.data import readme_fixture_rows
 from tests.support.faults import TcpProxy, assert_every_repo_accounted
 from tests.support.faulty_backend import fault_marker
@@ -354,7 +356,7 @@ def test_a_backend_crash_costs_attempts_not_the_message(settings):
     _drain_like_the_task(runtime, first.retry_ids)
     assert_every_repo_accounted(settings.database_url, tagged=0, dead=3)
     with transaction(settings.database_url) as conn:
-        assert {d["attempts"] for d in list_dead_letters(conn)} == {2}  # counted only when alone
+        assert {d.attempts for d in list_dead_letters(conn)} == {2}  # counted only when alone
 
 
 def test_one_readme_that_breaks_the_whole_call_does_not_cost_its_neighbours(settings):
@@ -374,5 +376,5 @@ def test_one_readme_that_breaks_the_whole_call_does_not_cost_its_neighbours(sett
     calls = _drain_like_the_task(runtime, [f"r{i:05d}" for i in range(8)])
     assert_every_repo_accounted(settings.database_url, tagged=7, dead=1)
     with transaction(settings.database_url) as conn:
-        assert [(d["repo_id"], d["attempts"]) for d in list_dead_letters(conn)] == [("r00005", 3)]
+        assert [(d.repo_id, d.attempts) for d in list_dead_letters(conn)] == [("r00005", 3)]
     assert calls <= 1 + 2 + 2 + 2 + 3  # log2(8) halvings, then the poisoned repo's own attempts

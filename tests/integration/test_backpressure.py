@@ -8,7 +8,8 @@ import threading
 import redis
 
 from db.engine import transaction
-from db.queries import status_counts, upsert_repos
+from db.jobs import status_counts
+from db.repos import upsert_repos
 from producer.enqueue import Sender
 from tests.support.logs import log_events
 from tests.support.processes import TAGGER, status, wait_until, worker_process

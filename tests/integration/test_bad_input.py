@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from bench import free_port
 from db.engine import get_engine, transaction
 from db.models import dead_letters, jobs, repos, results
-from db.queries import current_taxonomy_version, load_taxonomy, upsert_repos
+from db.repos import upsert_repos
+from db.taxonomy import current_taxonomy_version, load_taxonomy
 from producer.importer import CHUNK_ROWS
 from tagger.backends import BACKENDS, Generation
 from tagger.backends.keyword import KeywordTagger

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 
 from db.engine import transaction
-from db.queries import upsert_repos
+from db.repos import upsert_repos
 from producer.beat import LeaderLock, lock_key
 from tests.support.data import readme_fixture_rows
 from tests.support.logs import log_events

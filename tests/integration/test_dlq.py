@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from db.dead_letters import DeadLetter, record_dead_letters
 from db.engine import transaction
 from db.models import dead_letters, jobs
-from db.queries import record_dead_letters, upsert_repos
+from db.repos import upsert_repos
 from tagger.backends.keyword import KeywordTagger
 from tests.support.data import READMES
 from tests.support.processes import run_cli
@@ -24,8 +25,7 @@ FIELDS = {"repo_id", "error_class", "message", "attempts", "first_failed_at", "l
 def seed(settings, ids=("r1", "r2", "r3")) -> None:
     with transaction(settings.database_url) as conn:
         upsert_repos(conn, [{"id": i, "name": "", "readme": GOOD} for i in ids])
-        letters = [{"repo_id": i, "error_class": "BackendTimeout", "message": f"timed out on {i}\nagain", "attempts": 5}
-                   for i in ids]
+        letters = [DeadLetter(i, "BackendTimeout", f"timed out on {i}\nagain", 5) for i in ids]
         record_dead_letters(conn, letters, "task-9")
 
 

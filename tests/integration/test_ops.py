@@ -12,8 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import free_port
+from db.dead_letters import DeadLetter, record_dead_letters
 from db.engine import transaction
-from db.queries import mark_done, mark_queued, record_dead_letters, schedule_retries, upsert_repos, upsert_results
+from db.jobs import mark_done, mark_queued, schedule_retries
+from db.repos import upsert_repos
+from db.results import upsert_results
 from tests.support.processes import run_cli, tagger_process, wait_until
 from workers.contract import TAG_BATCH, create_app
 
@@ -104,7 +107,7 @@ def test_metrics_endpoint_serves_our_gauges_queried_on_scrape(settings, env, tmp
         mark_done(conn, ids[:4], "t")
         mark_queued(conn, ids[4:7])
         schedule_retries(conn, [(ids[6], 1, 30.0, "BackendTimeout: slow")], "t")
-        record_dead_letters(conn, [{"repo_id": r, "error_class": "UnusableReadme", "message": "empty", "attempts": 1}
+        record_dead_letters(conn, [DeadLetter(r, "UnusableReadme", "empty", 1)
                                    for r in (ids[7], "not-in-the-index")], "t")
     sender = create_app(settings)
     for n in range(3):

@@ -1,30 +1,21 @@
-"""The hot path's writes mean the same on PostgreSQL (one unnest statement per batch) and SQLite (the
-demo's executemany): results never go back to an older README, job states move as the worker says."""
+"""The hot path's writes (one unnest statement per batch): results never go back to an older README, job
+states move as the worker says."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from db.engine import get_engine, transaction
-from db.migrate import upgrade
+from db.engine import transaction
+from db.jobs import mark_done, mark_queued, schedule_retries
 from db.models import jobs, results
-from db.queries import mark_done, mark_queued, schedule_retries, upsert_repos, upsert_results
-from tagger.settings import Settings
+from db.repos import upsert_repos
+from db.results import upsert_results
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "postgresql":
-        yield request.getfixturevalue("database_url")
-        return
-    sqlite_url = f"sqlite:///{tmp_path / 'tagger.db'}"
-    upgrade(sqlite_url, Settings().taxonomy_file)
-    yield sqlite_url
-    get_engine(sqlite_url).dispose()
+@pytest.fixture
+def url(database_url: str) -> str:
+    return database_url
 
 
 def _result(repo_id: str, tag_ids: list[int], readme_version: int, model: str = "m1") -> dict[str, object]:
@@ -82,7 +73,7 @@ def test_job_states_follow_queue_retry_and_done(url):
 
 
 def test_confidences_are_stored_and_the_least_confident_come_first(url):
-    from db.queries import iter_scored_results, least_confident_results
+    from db.results import iter_scored_results, least_confident_results
 
     with transaction(url) as conn:
         upsert_repos(conn, [{"id": i, "name": f"o/{i}", "readme": f"# {i}"} for i in ("a", "b", "c", "d")])
@@ -97,8 +88,8 @@ def test_confidences_are_stored_and_the_least_confident_come_first(url):
         review = least_confident_results(conn, 2)
     assert scored == {"a": ([4, 17], [0.9, 0.3]), "b": ([9], [0.2]), "c": ([5], None),
                       "d": ([1, 2, 3], [0.5, 0.4, 0.35])}
-    assert [(r["repo_id"], r["name"], r["confidence"]) for r in review] == [("b", "o/b", 0.2), ("d", "o/d", 0.5)]
+    assert [(r.repo_id, r.name, r.confidence) for r in review] == [("b", "o/b", 0.2), ("d", "o/d", 0.5)]
 
     with transaction(url) as conn:  # a re-tag under an unscored backend clears the scores
         upsert_results(conn, [_result("a", [4], 1)])
-        assert [r["repo_id"] for r in least_confident_results(conn, 10)] == ["b", "d"]
+        assert [r.repo_id for r in least_confident_results(conn, 10)] == ["b", "d"]

@@ -13,9 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from db.engine import get_engine, transaction
-from db.migrate import upgrade
 from db.models import jobs, manual_tags, result_history, results, runs, shadow_results
-from db.queries import load_taxonomy, lock_run_for_write, upsert_repos, upsert_results
+from db.repos import upsert_repos
+from db.results import upsert_results
+from db.runs import lock_run_for_write
+from db.taxonomy import load_taxonomy
 from tagger.backends import Generation
 from tagger.backends.keyword import KeywordTagger
 from tagger.prompt import Prompt
@@ -162,7 +164,7 @@ def test_rollback_waits_for_a_write_in_flight_and_undoes_it_too(settings, env):
     engine = get_engine(settings.database_url)
     writer = engine.connect()
     tx = writer.begin()
-    assert lock_run_for_write(writer, run)["rolled_back_at"] is None
+    assert lock_run_for_write(writer, run).rolled_back_at is None
     done = threading.Event()
     outcome: list[str] = []
 
@@ -405,31 +407,4 @@ def test_canary_of_an_empty_index_is_refused(settings, env):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: the index holds no repos: there is nothing to sample"
     assert count(settings, runs) == 0
-
-
-def test_runs_pins_history_and_rollback_on_sqlite(tmp_path, env, settings):
-    """The demo's database: the same writes, history, pins and rollback."""
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
-    upgrade(url, Settings().taxonomy_file)
-    local = settings.model_copy(update={"database_url": url})
-    sqlite_env = {**env, "TAGGER_DATABASE_URL": url}
-    seed(local)
-    first = enqueue(sqlite_env, "--all")
-    drain(local, settings.queue)
-    before = live(local)
-    second = enqueue(sqlite_env, "--all")
-    drain(local, settings.queue, Fixed("ai"))
-    run_cli(sqlite_env, "tags", "set", "1001", "cli", "--note", "n")
-    drain(local, settings.queue)
-    with transaction(url) as conn:
-        upsert_results(conn, [{"repo_id": "1001", "tag_ids": [17], "backend": "keyword", "model": "m",
-                               "prompt_version": "p", "taxonomy_version": 1, "readme_hash": "h",
-                               "readme_version": 9, "raw_output": "", "latency_ms": 1.0, "run_id": None}])
-    assert live(local)["1001"] == (["cli"], None, "manual")
-    out = run_cli(sqlite_env, "rollback", str(second))
-    assert "19 restored" in out.stdout and "pinned by hand: 1: 1001" in out.stderr
-    after = live(local)
-    assert all(after[i] == before[i] for i in before if i != "1001") and first in {r for _, r, _ in after.values()}
-    assert len(run_cli(sqlite_env, "history", "1002").stdout.splitlines()) == 3
-    get_engine(url).dispose()
 

@@ -7,8 +7,11 @@ from collections import Counter
 
 import pytest
 
+from db.dead_letters import DeadLetter, record_dead_letters
 from db.engine import transaction
-from db.queries import mark_done, mark_queued, record_dead_letters, upsert_repos, upsert_results
+from db.jobs import mark_done, mark_queued
+from db.repos import upsert_repos
+from db.results import upsert_results
 from producer.enqueue import SELECTION_LOCK, current_configuration, enqueue_selection, exclusive
 from tagger.backends import configured_model, create_tagger
 from tests.support.processes import run_cli
@@ -22,7 +25,7 @@ def _repos(ids: list[str], readme: str = "A command-line tool written in Rust.")
 def _tag(database_url: str, repo_id: str, **config: object) -> None:
     """Store a result for ``repo_id`` computed from its current README, as a worker would."""
     with transaction(database_url) as conn:
-        from db.queries import fetch_readmes
+        from db.repos import fetch_readmes
 
         row = fetch_readmes(conn, [repo_id])[repo_id]
         upsert_results(conn, [{
@@ -33,7 +36,7 @@ def _tag(database_url: str, repo_id: str, **config: object) -> None:
 
 
 def test_stale_selects_exactly_the_repos_that_need_work(settings, env):
-    current = current_configuration(settings)
+    current = current_configuration(settings).as_dict()
     cases = {
         "never-tagged": True,
         "up-to-date": False,
@@ -58,10 +61,10 @@ def test_stale_selects_exactly_the_repos_that_need_work(settings, env):
     _tag(settings.database_url, "other-backend", **(current | {"backend": "openai"}))
     with transaction(settings.database_url) as conn:
         mark_queued(conn, ["in-flight", "retrying"])
-        from db.queries import schedule_retries
+        from db.jobs import schedule_retries
 
         schedule_retries(conn, [("retrying", 1, 60.0, "BackendTimeout: slow")], "t-2")
-        record_dead_letters(conn, [{"repo_id": r, "error_class": "UnusableReadme", "message": "empty", "attempts": 1}
+        record_dead_letters(conn, [DeadLetter(r, "UnusableReadme", "empty", 1)
                                    for r in ("dead", "dead-readme-changed")], "t-3")
     # README updates, in a later transaction than the results and the dead letters.
     with transaction(settings.database_url) as conn:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from db.dead_letters import DeadLetter
 from tagger.engine import Tagged
 from tagger.errors import BackendTimeout, MalformedOutput, RepoNotFound, UnusableReadme
 from tagger.taxonomy import Tag
-from workers.batch import PlannedDeadLetter, TaggingOutcome, plan_batch
+from workers.batch import TaggingOutcome, plan_batch
 from workers.retry import RetryPolicy
 
 POLICY = RetryPolicy(max_attempts=3, base_s=1.0, max_s=8.0)
@@ -38,7 +39,7 @@ def test_results_retries_and_dead_letters_each_get_their_repo():
 def test_attempts_so_far_count_towards_the_limit():
     outcome = TaggingOutcome({"a": BackendTimeout("t"), "b": BackendTimeout("t")})
     plan = plan_batch(outcome, {"a": 2, "b": 0}, POLICY, no_jitter)
-    assert plan.dead_letters == [PlannedDeadLetter("a", "BackendTimeout", "t", 3)]
+    assert plan.dead_letters == [DeadLetter("a", "BackendTimeout", "t", 3)]
     assert plan.retry_ids == ["b"] and plan.retries[0].attempts == 1
 
 

@@ -6,6 +6,9 @@ import random
 
 import pytest
 
+from db.canary import ShadowVsLive
+from db.configuration import Configuration
+from db.runs import Run
 from producer.runs import check_canary_worker, choose_sample, compare, resolve_tags
 from tagger.errors import ConfigError, InputError
 from tagger.taxonomy import Taxonomy
@@ -28,7 +31,14 @@ def test_the_sample_depends_on_the_seed_and_the_index_only():
 
 
 def row(repo_id, live, shadow, state="done", pinned=False):
-    return {"repo_id": repo_id, "name": "", "state": state, "live": live, "shadow": shadow, "pinned": pinned}
+    return ShadowVsLive(repo_id, "", state, shadow, live, pinned)
+
+
+CONFIGURATION = Configuration("keyword", "keyword-v1", "p1", 1)
+
+
+def run_of(run_id: int, kind: str) -> Run:
+    return Run(run_id, kind, None, "me", None, CONFIGURATION, "all", 0, None, None)
 
 
 def test_diff_counts_unchanged_added_removed_and_orders_the_biggest_changes_first():
@@ -54,7 +64,7 @@ def test_diff_counts_unchanged_added_removed_and_orders_the_biggest_changes_firs
 
 
 def test_a_batch_goes_only_to_the_worker_of_its_kind():
-    live, canary = {"id": 1, "kind": "live"}, {"id": 2, "kind": "canary"}
+    live, canary = run_of(1, "live"), run_of(2, "canary")
     assert check_run(live, 1, None) is False
     assert check_run(None, None, None) is False
     assert check_run(canary, 2, 2) is True
@@ -67,11 +77,10 @@ def test_a_batch_goes_only_to_the_worker_of_its_kind():
 
 
 def test_a_canary_worker_must_run_the_canarys_configuration():
-    run = {"id": 3, "backend": "keyword", "model": "keyword-v1", "prompt_version": "p1", "taxonomy_version": 1}
-    check_canary_worker(run, {k: run[k] for k in ("backend", "model", "prompt_version", "taxonomy_version")})
+    run = run_of(3, "canary")
+    check_canary_worker(run, Configuration("keyword", "keyword-v1", "p1", 1))
     with pytest.raises(ConfigError, match="prompt_version 'p1d' \\(canary: 'p1'\\)"):
-        check_canary_worker(run, {"backend": "keyword", "model": "keyword-v1", "prompt_version": "p1d",
-                                  "taxonomy_version": 1})
+        check_canary_worker(run, Configuration("keyword", "keyword-v1", "p1d", 1))
 
 
 def test_tag_names_are_resolved_as_the_taxonomy_matches_them():

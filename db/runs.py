@@ -1,0 +1,118 @@
+"""Runs: each piece of tagging work started by an enqueue (live) or a canary, and its progress."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from db.configuration import Configuration
+from db.models import JOB_STATES, jobs, result_history, results, runs, shadow_results
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: int
+    kind: str  # "live" or "canary"
+    started_at: datetime
+    started_by: str
+    label: str | None
+    configuration: Configuration
+    selection: str
+    enqueued: int
+    promoted_at: datetime | None
+    rolled_back_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Run:
+        return cls(row["id"], row["kind"], row["started_at"], row["started_by"], row["label"],
+                   Configuration.from_row(row), row["selection"], row["enqueued"], row["promoted_at"],
+                   row["rolled_back_at"])
+
+    @property
+    def is_canary(self) -> bool:
+        return self.kind == "canary"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as stored: the configuration's fields at the top level."""
+        values: dict[str, Any] = {}
+        for name in self.__slots__:
+            if name == "configuration":
+                values |= self.configuration.as_dict()
+            else:
+                values[name] = getattr(self, name)
+        return values
+
+
+def create_run(conn: Connection, *, kind: str, started_by: str, label: str | None, selection: str,
+               configuration: Configuration) -> int:
+    """Record a run; its id."""
+    return int(conn.execute(
+        sa.insert(runs).values(kind=kind, started_by=started_by, label=label, selection=selection,
+                               **configuration.as_dict())
+        .returning(runs.c.id)
+    ).scalar_one())
+
+
+def add_run_enqueued(conn: Connection, run_id: int, n: int) -> None:
+    # A non-key update: it does not wait for the workers' key-share locks on the run (lock_run_for_write).
+    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(enqueued=runs.c.enqueued + n))
+
+
+def get_run(conn: Connection, run_id: int) -> Run | None:
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+    return Run.from_row(row) if row else None
+
+
+def list_runs(conn: Connection, limit: int) -> list[Run]:
+    return [Run.from_row(r) for r in conn.execute(sa.select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings()]
+
+
+def lock_run_for_write(conn: Connection, run_id: int) -> Run | None:
+    """A worker's write of run ``run_id``: a key-share lock on the run until the write commits, so a
+    rollback or promote (lock_run) waits for the writes in flight, and every later write sees its mark."""
+    row = conn.execute(
+        sa.select(runs).where(runs.c.id == run_id).with_for_update(read=True, key_share=True)
+    ).mappings().first()
+    return Run.from_row(row) if row else None
+
+
+def lock_run(conn: Connection, run_id: int) -> Run | None:
+    """Rollback and promote: the run row, exclusively, once every write of the run in flight is in."""
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update()).mappings().first()
+    return Run.from_row(row) if row else None
+
+
+def mark_run_promoted(conn: Connection, run_id: int) -> None:
+    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(promoted_at=sa.func.now()))
+
+
+def mark_run_rolled_back(conn: Connection, run_id: int) -> None:
+    conn.execute(sa.update(runs).where(runs.c.id == run_id)
+                 .values(rolled_back_at=sa.func.coalesce(runs.c.rolled_back_at, sa.func.now())))
+
+
+def run_counts(conn: Connection, run: Run) -> dict[str, int]:
+    """Progress of a run. Live: its repos by job state (while this run is the last to enqueue them),
+    results it wrote that are still current, and those replaced since. Canary: its sample by state."""
+    if run.is_canary:
+        rows = conn.execute(sa.select(shadow_results.c.state, sa.func.count()).where(shadow_results.c.run_id == run.id)
+                            .group_by(shadow_results.c.state)).all()
+        by_state = {state: int(n) for state, n in rows}
+        promoted = conn.execute(sa.select(sa.func.count()).select_from(shadow_results).where(
+            shadow_results.c.run_id == run.id, shadow_results.c.promoted_at.is_not(None))).scalar_one()
+        return {"sample": sum(by_state.values()), **{s: by_state.get(s, 0) for s in JOB_STATES},
+                "promoted": int(promoted)}
+    rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.run_id == run.id)
+                        .group_by(jobs.c.state)).all()
+    by_state = {state: int(n) for state, n in rows}
+    current = conn.execute(
+        sa.select(sa.func.count()).select_from(results).where(results.c.run_id == run.id)).scalar_one()
+    replaced = conn.execute(sa.select(sa.func.count(sa.distinct(result_history.c.repo_id))).where(
+        result_history.c.run_id == run.id)).scalar_one()
+    return {"enqueued": run.enqueued, **{s: by_state.get(s, 0) for s in JOB_STATES},
+            "results_current": int(current), "results_replaced_since": int(replaced)}
