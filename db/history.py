@@ -86,11 +86,10 @@ def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
         sa.select(results.c.repo_id).where(results.c.run_id == run_id).order_by(results.c.repo_id).with_for_update()
     ).scalars())
     # Per repo, the first version the run replaced: what was live before it.
-    before = dict(conn.execute(
-        sa.select(result_history.c.repo_id, result_history.c.id)
+    before: dict[str, int] = dict(conn.execute(
+        sa.select(result_history.c.repo_id, sa.func.min(result_history.c.id))
         .where(result_history.c.replaced_by_run == run_id, result_history.c.repo_id == any_of(mine))
-        .order_by(result_history.c.repo_id, result_history.c.id)
-        .distinct(result_history.c.repo_id)
+        .group_by(result_history.c.repo_id)
     ).all())
     archive_results(conn, mine, "rollback")
     restore_versions(conn, sorted(before.values()))

@@ -349,7 +349,7 @@ def test_export_into_a_closed_pipe_exits_quietly(settings, env):
         conn.execute(sa.text(
             "INSERT INTO repos (id, readme, readme_hash) SELECT 'r' || i, 'x', 'h' FROM generate_series(1, 20000) i;"
             "INSERT INTO results (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash, "
-            "readme_version, raw_output, latency_ms) SELECT id, '[1]', 'k', 'k', 'p', 1, 'h', 1, '', 0 FROM repos"
+            "readme_version, raw_output, latency_ms) SELECT id, '{1}', 'k', 'k', 'p', 1, 'h', 1, '', 0 FROM repos"
         ))
     proc = subprocess.Popen([*TAGGER, "export"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
