@@ -26,20 +26,26 @@ from .overhead import totals, wait_for_results
 
 
 @dataclass
-class ModelPathRun:
+class ModelRun:
+    """A model path's pipeline against the bare engine on the same prompts (llama.cpp, vLLM)."""
+
     repos: int
     pipeline_s: float = 0.0
     bare_s: float = 0.0
     same_tags: int = 0
     prompt_tokens: list[int] = field(default_factory=list)  # per repo, from the worker's repo_tagged lines
     evaluated_tokens: list[int] = field(default_factory=list)
-    readme_tokens: list[int] = field(default_factory=list)  # the README part of each prompt
-    fixed_tokens: int = 0  # the chat-template head + system message (instructions + taxonomy)
     answer_tokens: list[int] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
         return self.bare_s / self.pipeline_s if self.pipeline_s else float("nan")
+
+
+@dataclass
+class ModelPathRun(ModelRun):
+    readme_tokens: list[int] = field(default_factory=list)  # the README part of each prompt
+    fixed_tokens: int = 0  # the chat-template head + system message (instructions + taxonomy)
 
 
 @dataclass

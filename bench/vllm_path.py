@@ -27,22 +27,14 @@ from tagger.prompt import Prompt
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 
+from .model_path import ModelRun
+
 
 @dataclass
-class VLLMRun:
-    repos: int
-    pipeline_s: float = 0.0
-    bare_s: float = 0.0
-    same_tags: int = 0
-    prompt_tokens: list[int] = field(default_factory=list)  # per repo, from the worker's repo_tagged lines
-    evaluated_tokens: list[int] = field(default_factory=list)
-    answer_tokens: list[int] = field(default_factory=list)  # compact JSON (the backend's setting)
+class VLLMRun(ModelRun):
+    # answer_tokens: compact JSON (the backend's setting)
     answer_tokens_loose: list[int] = field(default_factory=list)  # whitespace allowed
     load_s: float = 0.0  # the bare engine's load, for the record
-
-    @property
-    def ratio(self) -> float:
-        return self.bare_s / self.pipeline_s if self.pipeline_s else float("nan")
 
 
 def build_prompts(settings: Settings, taxonomy: Taxonomy, readmes: Sequence[str]) -> list[Prompt]:

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/tagger",
-        description="SQLAlchemy URL of the index database (PostgreSQL; SQLite for the demo).",
+        description="SQLAlchemy URL of the index database (PostgreSQL).",
     )
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis).")
     queue: str = Field("tagger", description="Name of the Celery queue the workers consume.")
