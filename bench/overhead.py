@@ -14,6 +14,7 @@ from typing import Any
 from db.configuration import Configuration
 from db.engine import transaction
 from db.jobs import mark_queued
+from db.models import ResultRow
 from db.repos import ReadmeRow
 from db.results import ResultTotals, result_totals
 from db.work import LIVE, Outcomes, record_outcomes
@@ -86,7 +87,7 @@ def run_pipeline(settings: Settings, worker_pid: int, ids: Sequence[str], batch_
                        services)
 
 
-def result_rows(rows: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+def result_rows(rows: Sequence[dict[str, str]]) -> list[ResultRow]:
     """What the worker would write for these repos (the keyword backend's configuration), built as the
     worker builds it."""
     configuration = Configuration("keyword", "keyword-v1", "p1d", 1)

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from db.models import MANUAL, RESULT_NAMES, repos, results, shadow_results
+from db.models import MANUAL, RESULT_NAMES, ResultRow, repos, results, shadow_results
 from db.results import any_of
 from db.runs import mark_run_promoted
 
@@ -63,7 +63,7 @@ def shadow_against_live(conn: Connection, run_id: int) -> list[ShadowVsLive]:
     return [ShadowVsLive.from_row(row) for row in conn.execute(query).mappings()]
 
 
-def promotable_shadow_results(conn: Connection, run_id: int) -> list[dict[str, Any]]:
+def promotable_shadow_results(conn: Connection, run_id: int) -> list[ResultRow]:
     """A canary's results not promoted yet, as result rows for db.results.upsert_results."""
     rows = conn.execute(
         sa.select(shadow_results.c.repo_id, *(shadow_results.c[name] for name in RESULT_NAMES),

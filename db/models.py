@@ -84,6 +84,9 @@ RESULT_FIELDS: tuple[ResultField, ...] = (
     ResultField("confidence", Float(), nullable=True, array="float8[]"),
 )
 RESULT_NAMES = tuple(f.name for f in RESULT_FIELDS)
+# A result on its way to be written: ``repo_id``, a value per RESULT_FIELDS name, and ``run_id`` (optional).
+# A mapping, not a class: its keys are the declaration's, so a new field needs no edit here.
+ResultRow = dict[str, Any]
 
 
 def result_columns(*, optional: bool = False) -> list[Column[Any]]:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from db.canary import write_shadow_results
 from db.dead_letters import DeadLetter, delete_dead_letters, record_dead_letters
 from db.jobs import mark_done, schedule_retries
-from db.models import jobs, shadow_results
+from db.models import ResultRow, jobs, shadow_results
 from db.results import upsert_results, utcnow
 
 
@@ -59,7 +59,7 @@ class Outcomes:
     """What a batch came to: results (rows of db.models.RESULT_FIELDS with ``repo_id``), retries, dead
     letters, and the tagged repos that were dead letters until now (live: released)."""
 
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[ResultRow] = field(default_factory=list)
     retries: list[ScheduledRetry] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     revived: list[str] = field(default_factory=list)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from sqlalchemy import Connection
@@ -16,6 +15,7 @@ from sqlalchemy import Connection
 from db.configuration import Configuration
 from db.dead_letters import DeadLetter
 from db.engine import transaction
+from db.models import ResultRow
 from db.repos import ReadmeRow, fetch_readmes
 from db.runs import Run, get_run, lock_run_for_write
 from db.work import LIVE, Outcomes, ScheduledRetry, Store, attempts, canary_store, record_outcomes
@@ -112,7 +112,7 @@ def plan_batch(
     return plan
 
 
-def result_row(repo_id: str, result: Tagged, readme: ReadmeRow, configuration: Configuration) -> dict[str, Any]:
+def result_row(repo_id: str, result: Tagged, readme: ReadmeRow, configuration: Configuration) -> ResultRow:
     """A result as stored (db.models.RESULT_FIELDS), live or shadow: its tags, what computed them, and
     from which README."""
     return {
