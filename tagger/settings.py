@@ -16,7 +16,7 @@ from tagger.shortlist import ShortlistMode
 from tagger.taxonomy import DEFAULT_TAXONOMY
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel", "memory")
+BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 
 
 class Settings(BaseSettings):
@@ -24,9 +24,11 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/tagger",
-        description="SQLAlchemy URL of the index database (PostgreSQL).",
+        description="SQLAlchemy URL of the index database (PostgreSQL; `tagger demo` starts its own when unset).",
     )
-    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis).")
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Celery broker URL (Redis; `tagger demo` starts its own when unset)."
+    )
     queue: str = Field("tagger", description="Name of the Celery queue the workers consume.")
     # signals: the best measured on a CPU (docs/quality.md); GPU workers set vllm (their LLM judges).
     backend: str = Field(

@@ -63,9 +63,7 @@ def create_app(settings: Settings) -> Celery:
         # while holding it would hold back every restore that long. It never needs to outlive the
         # timeout it enforces.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
-                                  "unacked_mutex_expire": min(300, settings.visibility_timeout_s)}
-        # kombu's in-process broker (the demo) polls, once a second unless told otherwise.
-        | ({"polling_interval": 0.05} if settings.broker_url.startswith("memory://") else {}),
+                                  "unacked_mutex_expire": min(300, settings.visibility_timeout_s)},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         # Our log lines go to whatever sys.stderr is when they are written (tagger.logs); Celery's swapping
