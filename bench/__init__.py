@@ -2,7 +2,7 @@
 
 Every measurement runs against services of its own so that it neither disturbs nor is disturbed by
 anything else on the machine's PostgreSQL and Redis: a database created for the run (migrated with
-``db.migrate.upgrade``, dropped after) and a private ``redis-server`` on a free port (stopped after).
+``db.migrate.upgrade``, dropped after) and a private ``redis-server`` on a free port (tagger/servers.py; stopped after).
 Figures on a shared machine are noisy; each comparison (pipeline vs raw, pipeline vs bare model)
 is taken side by side in one run, so the ratios are what to read.
 """
@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from db.migrate import upgrade
 from db.repos import upsert_repos
 from tagger.keywords import phrases_by_tag
 from tagger.samples import sample_rows
+from tagger.servers import free_port as free_port  # the tests take their free ports from here too
+from tagger.servers import redis_server
 from tagger.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,41 +105,12 @@ def bench_database(base_url: str, taxonomy_file: Path) -> Iterator[str]:
             admin.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def private_redis() -> Iterator[str]:
-    """A redis-server of our own on a free port (nothing saved), so peak memory is ours alone."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: the benchmarks start a private one")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        import redis
-
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        client.close()
-        yield url
-    finally:
-        stop(proc)
+    """A redis-server of our own on a free port (nothing saved), so peak memory is ours alone: the
+    `embedded` extra's (tagger/servers.py), else one on PATH."""
+    with tempfile.TemporaryDirectory(prefix="tagger-bench-redis-") as folder, redis_server(Path(folder)) as server:
+        yield server.url
 
 
 def redis_info(url: str, section: str = "memory") -> dict[str, Any]:

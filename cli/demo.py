@@ -174,7 +174,9 @@ def demo(backend: str, batch_size: int, worker_count: int, data_dir: Path | None
         overrides = {"database_url": pg.url} if pg else {}
         if broker:
             overrides["broker_url"] = broker.url
-        settings = settings_with(**overrides, queue=DEMO_QUEUE, backend=backend, batch_size=batch_size)
+        # Its own queue, unless told one: production workers on the same Redis never see its messages.
+        queue = base.queue if "queue" in base.model_fields_set else DEMO_QUEUE
+        settings = settings_with(**overrides, queue=queue, backend=backend, batch_size=batch_size)
         click.echo(_describe("database PostgreSQL", settings.database_url, pg, folder if pg else None))
         click.echo(_describe("broker Redis", settings.broker_url, broker, folder if broker else None))
         dead = _run(settings, scratch, worker_count, verbose, stack)

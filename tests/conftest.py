@@ -1,6 +1,7 @@
 """Fixtures of every test folder. Unit tests use none that touch a service; integration and acceptance
 tests get real PostgreSQL (a template database per session, a fresh copy per test) and Redis (a queue
-of their own per test)."""
+of their own per test): the servers of TAGGER_TEST_PG / TAGGER_TEST_REDIS, else a private pair started
+for the session (tests/support/services.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ import redis
 from db.engine import get_engine
 from db.migrate import upgrade
 from tagger.settings import Settings, load_settings
-from tests.support.services import REDIS_URL, pg_admin, pg_url, require_services
+from tests.support import services
+from tests.support.services import pg_admin, pg_url, require_services, stop_embedded
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_embedded()
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +55,7 @@ def queue_name() -> Iterator[str]:
     require_services()
     name = f"tagger-test-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(services.REDIS_URL)
     for key in client.scan_iter(f"{name}*"):
         client.delete(key)
     client.close()
@@ -60,7 +66,7 @@ def settings(database_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
     """Settings for this test, also exported as TAGGER_* so subprocesses and in-process CLI calls agree."""
     values = {
         "TAGGER_DATABASE_URL": database_url,
-        "TAGGER_BROKER_URL": REDIS_URL,
+        "TAGGER_BROKER_URL": services.REDIS_URL,
         "TAGGER_QUEUE": queue_name,
         "TAGGER_BACKEND": "keyword",
         "TAGGER_RETRY_BASE_S": "0.01",
