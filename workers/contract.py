@@ -99,7 +99,7 @@ def broker_client(broker_url: str) -> redis.Redis:
 def queue_depth(broker_url: str, queue: str) -> int:
     """Messages (batches) waiting in the queue, not counting those a worker holds."""
     if not is_redis(broker_url):
-        return 0  # in-process broker of the demo: nothing waits outside the process
+        return 0  # a Sentinel URL, which redis-py cannot open: no depth read, no backpressure
     try:
         pipe = broker_client(broker_url).pipeline(transaction=False)
         for suffix in PRIORITY_SUFFIXES:
