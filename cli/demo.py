@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,7 @@ def _workers(settings: Settings, count: int, logs: Path, verbose: bool) -> Itera
            "TAGGER_QUEUE": settings.queue, "TAGGER_BACKEND": settings.backend}
     if not verbose:
         env["TAGGER_LOG_LEVEL"] = "WARNING"
-    guard = ["setpriv", "--pdeathsig", "TERM", "--"] if sys.platform == "linux" else []
+    guard = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for n in range(count):

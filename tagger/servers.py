@@ -128,8 +128,9 @@ def _give_away(path: Path) -> None:
 def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     """A server process in a session of its own (a Ctrl-C on the terminal reaches us, and we stop it in
     order), sent SIGINT by the kernel if we die without stopping it (setpriv --pdeathsig)."""
+    guard = ["setpriv", "--pdeathsig", "INT", "--"] if shutil.which("setpriv") else []  # util-linux: Linux only
     with open(log, "ab") as out:
-        proc = subprocess.Popen(["setpriv", "--pdeathsig", "INT", "--", *command], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*guard, *command], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     with _live_lock:
         _live.add(proc)
