@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
@@ -169,11 +169,11 @@ def _tail(log: Path, lines: int = 8) -> str:
         return ""
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ready: object, what: str, log: Path) -> bool:
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str, log: Path) -> bool:
     """True once ``ready()`` holds; False if the process exited (e.g. its port was taken meanwhile)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while proc.poll() is None:
-        if ready():  # type: ignore[operator]
+        if ready():
             return True
         if time.monotonic() > deadline:
             _stop(proc, signal.SIGKILL)
@@ -226,7 +226,7 @@ def postgres_server(folder: Path, database: str = "tagger") -> Iterator[Server]:
         admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         if _wait_ready(proc, lambda admin=admin: _pg_ready(admin), "PostgreSQL", log):
             break
-        proc.wait()
+        _stop(proc, signal.SIGKILL)  # exited: only forgets it
     else:
         raise TaggerError(f"PostgreSQL did not start: {_tail(log)}")
     try:
@@ -251,7 +251,7 @@ def redis_server(folder: Path) -> Iterator[Server]:
         url = f"redis://127.0.0.1:{port}/0"
         if _wait_ready(proc, lambda url=url: _redis_ready(url), "Redis", log):
             break
-        proc.wait()
+        _stop(proc, signal.SIGKILL)  # exited: only forgets it
     else:
         raise TaggerError(f"Redis did not start: {_tail(log)}")
     try:
