@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import FrameType
 
@@ -224,7 +224,7 @@ def postgres_server(folder: Path, database: str = "tagger") -> Iterator[Server]:
         _give_away(folder)
         proc = _spawn(_unprivileged([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *options]), log)
         admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        if _wait_ready(proc, lambda admin=admin: _pg_ready(admin), "PostgreSQL", log):
+        if _wait_ready(proc, partial(_pg_ready, admin), "PostgreSQL", log):
             break
         _stop(proc, signal.SIGKILL)  # exited: only forgets it
     else:
@@ -249,7 +249,7 @@ def redis_server(folder: Path) -> Iterator[Server]:
         proc = _spawn([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(data), "--daemonize", "no"], log)
         url = f"redis://127.0.0.1:{port}/0"
-        if _wait_ready(proc, lambda url=url: _redis_ready(url), "Redis", log):
+        if _wait_ready(proc, partial(_redis_ready, url), "Redis", log):
             break
         _stop(proc, signal.SIGKILL)  # exited: only forgets it
     else:
