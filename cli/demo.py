@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from cli.base import cli, settings_with
 from db.engine import transaction
+from db.jobs import repo_outcomes, status_counts
 from db.migrate import upgrade
-from db.queries import load_taxonomy, repo_outcomes, status_counts
+from db.taxonomy import load_taxonomy
 from producer.enqueue import RunSpec, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
 from tagger.backends import BACKENDS, check_backend, configured_model
@@ -119,23 +120,23 @@ def _print_results(settings: Settings, ids: list[str], elapsed_s: float) -> int:
         names = {t.id: t.name for t in load_taxonomy(conn).tags}
         rows = repo_outcomes(conn, ids)
     for row in rows:
-        if row["tag_ids"] is not None:
-            tags = [{"id": i, "name": names[i]} for i in row["tag_ids"] if i in names]
-            click.echo(json.dumps({"id": row["id"], "tags": tags}, ensure_ascii=False))
+        if row.tag_ids is not None:
+            tags = [{"id": i, "name": names[i]} for i in row.tag_ids if i in names]
+            click.echo(json.dumps({"id": row.id, "tags": tags}, ensure_ascii=False))
 
     click.echo("")
-    width = max(len(str(r["name"] or "")) for r in rows) if rows else 4
+    width = max(len(r.name or "") for r in rows) if rows else 4
     click.echo(f"{'id':<8} {'repo':<{width}}  {'ms':>7}  tags")
     dead = 0
     for row in rows:
-        if row["tag_ids"] is not None:
-            tags_text = ", ".join(names.get(i, str(i)) for i in row["tag_ids"]) or "(none)"
-            latency = f"{row['latency_ms']:.0f}"
+        if row.tag_ids is not None:
+            tags_text = ", ".join(names.get(i, str(i)) for i in row.tag_ids) or "(none)"
+            latency = f"{row.latency_ms:.0f}"
         else:
             dead += 1
-            tags_text = f"dead letter: {row['error_class']}: {str(row['message'])[:60]}"
+            tags_text = f"dead letter: {row.error_class}: {str(row.message)[:60]}"
             latency = "-"
-        click.echo(f"{row['id']:<8} {row['name'] or '':<{width}}  {latency:>7}  {tags_text}")
+        click.echo(f"{row.id:<8} {row.name or '':<{width}}  {latency:>7}  {tags_text}")
     click.echo(f"\n{len(rows)} repos: {len(rows) - dead} tagged, {dead} dead letters, in {elapsed_s:.1f} s "
                f"(backend {settings.backend}, model {configured_model(settings)})")
     return dead
