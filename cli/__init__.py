@@ -1,4 +1,5 @@
-"""The `tagger` command. Each command group lives in its own module and registers itself on ``cli``."""
+"""The `tagger` command. Each command lives in a module of its own, named in ``cli.base.COMMANDS`` and
+imported only when it runs: `tagger --help` or `tagger status` loads neither Celery nor the backends."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import click
 
 from cli.base import cli
 
-# Importing the modules registers their commands.
-from cli import bench, demo, dlq, ops, pipeline, quality, runs, worker  # noqa: F401  isort: skip
+__all__ = ["cli", "main"]
 
 
 def main() -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import getpass
+import importlib
 import os
 import sys
 import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import click
 
@@ -54,6 +59,53 @@ class TaggerGroup(click.Group):
             raise UserError(describe_os_error(exc)) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class LazyCommand:
+    """A command known by name and one-line help, its module imported only when it runs: `tagger status`
+    need not load Celery, nor `tagger --help` anything at all."""
+
+    target: str  # "module:attribute", the click command
+    summary: str  # its one-line help, as `tagger --help` lists it
+
+    def load(self) -> click.Command:
+        module, _, attribute = self.target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.target} is not a click command")
+        return command
+
+
+class LazyGroup(TaggerGroup):
+    """The root group: its commands come from a registry of :class:`LazyCommand` and load on demand."""
+
+    def __init__(self, *args: object, lazy: Mapping[str, LazyCommand], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(self.lazy[cmd_name].load(), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's listing, from the registry's help: listing the commands imports none of them."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            # A command not loaded yet is listed from its summary, cut as Click cuts a command's help.
+            command = self.commands.get(name) or click.Command(name, help=self.lazy[name].summary)
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
 def _silence_stdout() -> None:
     try:
         fd = sys.stdout.fileno()
@@ -80,7 +132,58 @@ def _show_traceback(ctx: click.Context, exc: BaseException) -> None:
         click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
 
 
-@click.group(cls=TaggerGroup, context_settings=CONTEXT, epilog=env_help())
+# Every command of `tagger`: name → where it lives and its one-line help (tests/unit/test_cli_lazy.py checks
+# that each help is the command's own).
+COMMANDS: dict[str, LazyCommand] = {
+    name: LazyCommand(target, help_)
+    for name, target, help_ in (
+        ("bench", "cli.bench:bench", "Measure the pipeline: overhead vs raw upserts, model path vs bare llama.cpp, "
+         "prefix reuse, scale, batch size, the vLLM model path vs bare LLM.chat, and the GPU estimate."),
+        ("beat", "cli.ops:beat", "Run Celery beat: the stale refresh every TAGGER_REFRESH_INTERVAL_S, the sweep "
+         "every TAGGER_SWEEP_INTERVAL_S."),
+        ("calibrate", "cli.quality:calibrate", "Fit the scoring weights and threshold of a backend and model on "
+         "labelled READMEs, report them with k-fold cross-validated figures, and store them as the profile that "
+         "backend and model use."),
+        ("canary", "cli.runs:canary", "Tag a random sample with this configuration into shadow results that no "
+         "live reader sees."),
+        ("db", "cli.pipeline:db", "Database schema."),
+        ("demo", "cli.demo:demo", "The whole flow on this machine, with no services: tag the sample READMEs and "
+         "print the JSON."),
+        ("diff", "cli.runs:diff", "A canary's shadow results against the live ones on its sample: what promoting it "
+         "would change."),
+        ("dlq", "cli.dlq:dlq", "Dead letters: repos that failed permanently or too often."),
+        ("enqueue", "cli.pipeline:enqueue", "Send repos to the workers, in batches, pausing while the queue is "
+         "full."),
+        ("eval", "cli.quality:evaluate", "Tag every README of a gold file and report micro precision, recall and F1, "
+         "hit rate, primary@3, the commonest mistakes and speed."),
+        ("export", "cli.pipeline:export", 'The results as JSON Lines, one object per tagged repo: {"id": ..., '
+         '"tags": [{"id", "name"}, ...]}; tags pinned by hand add "source": "manual".'),
+        ("flower", "cli.ops:flower", "Serve Celery's Flower (workers, tasks; Prometheus metrics at /metrics), "
+         "behind basic auth."),
+        ("history", "cli.runs:history_", "A repo's tags over time, newest first: the live version, then each one it "
+         "replaced."),
+        ("import", "cli.pipeline:import_", 'Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}; '
+         "`-` reads standard input."),
+        ("metrics", "cli.ops:metrics", "Serve Prometheus metrics at /metrics: queue depth, repos by job state, dead "
+         "letters, tag rate."),
+        ("promote", "cli.runs:promote", "Write a canary's results to live (pinned repos excepted)."),
+        ("review", "cli.pipeline:review", "The least confident results first: the repos whose tags most deserve a "
+         "human look."),
+        ("rollback", "cli.runs:rollback_", "Restore, for every repo RUN changed, the version before it; repos "
+         "changed again since, or pinned, are reported and left alone."),
+        ("runs", "cli.runs:runs_", "The runs, newest first: who started them, the configuration, the selection, "
+         "their progress."),
+        ("status", "cli.status:status", "Repos, tagged, pending, failed, dead letters, queue depth, rate and ETA."),
+        ("sweep", "cli.pipeline:sweep", "Re-enqueue repos queued too long without a result (messages lost by the "
+         "broker)."),
+        ("tags", "cli.runs:tags", "Tags pinned by hand: no run, refresh, sweep or promote replaces them."),
+        ("taxonomy", "cli.pipeline:taxonomy", "The tag taxonomy."),
+        ("worker", "cli.worker:worker", "Run a Celery worker that holds one model (GPU: one worker per GPU)."),
+    )
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT, epilog=env_help())
 @click.version_option(package_name="repo-tagger")
 @click.option("--debug", is_flag=True, help="On an error, show its full traceback (as TAGGER_LOG_LEVEL=DEBUG does), "
               "and log at DEBUG.")
@@ -126,6 +229,22 @@ def settings_with(**overrides: object) -> Settings:
     if loaded is not None and not given:
         return loaded
     return load_settings(**given)
+
+
+def when(value: datetime | None) -> str:
+    """A time as the tables show it (UTC, to the second); '-' for none."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with its datetimes as ISO strings, for json.dumps."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def operator() -> str:

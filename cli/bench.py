@@ -8,11 +8,11 @@ from dataclasses import replace
 import click
 
 from bench import suite
-from cli.base import cli, settings_with
+from cli.base import settings_with
 from tagger.files import atomic_write
 
 
-@cli.command()
+@click.command()
 @click.option("--quick", is_flag=True, help="Smaller sizes (under two minutes on 2 cores) instead of the full run "
               "(20,000 repos, 1,000,000 ids enqueued, 64 READMEs through the model).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures instead of the table.")
@@ -21,9 +21,14 @@ from tagger.files import atomic_write
               help="Run only these benchmarks (repeat the option); e.g. --only model --only vllm puts both "
               "engines side by side on the same READMEs.")
 @click.option("--model-readmes", type=click.IntRange(1), help="READMEs through the model path [64; --quick: 4].")
-def bench(quick: bool, as_json: bool, no_model: bool, only: tuple[str, ...], model_readmes: int | None) -> None:
+@click.option("--repos", type=click.IntRange(1000), help="Repos in the index benchmark's index [1,000,000; --quick: "
+              "100,000].")
+@click.option("--workers", "fleet_workers", help="Fleet sizes, comma-separated [1,2,4,8,16,32; --quick: 1,2,4,8].")
+def bench(quick: bool, as_json: bool, no_model: bool, only: tuple[str, ...], model_readmes: int | None,
+          repos: int | None, fleet_workers: str | None) -> None:
     """Measure the pipeline: overhead vs raw upserts, model path vs bare llama.cpp, prefix reuse, scale,
-    batch size, the vLLM model path vs bare LLM.chat, and the GPU estimate.
+    batch size, the vLLM model path vs bare LLM.chat, and the GPU estimate. On request (--only): every
+    operator command against a whole index (index), and a simulated GPU fleet (fleet).
 
     Uses TAGGER_DATABASE_URL's server (creating and dropping a tagger_bench_* database) and private
     redis-server processes on free ports. Writes the table's rows to bench/out/BENCHMARKS-rows.md
@@ -32,6 +37,13 @@ def bench(quick: bool, as_json: bool, no_model: bool, only: tuple[str, ...], mod
     plan = suite.QUICK if quick else suite.FULL
     if model_readmes:
         plan = replace(plan, model_readmes=model_readmes)
+    if repos:
+        plan = replace(plan, index_repos=repos)
+    if fleet_workers:
+        try:
+            plan = replace(plan, fleet_workers=tuple(int(k) for k in fleet_workers.split(",")))
+        except ValueError:
+            raise click.BadParameter("comma-separated worker counts, e.g. 1,4,16", param_hint="--workers") from None
 
     def say(message: str) -> None:
         click.echo(f"bench: {message}", err=True)

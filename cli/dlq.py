@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.base import cli, operator, settings_with
+from cli.base import operator, settings_with
 from db.dead_letters import dead_letter_ids, get_dead_letter, list_dead_letters, purge_dead_letters
 from db.engine import transaction
 from producer.enqueue import RunSpec, Sender
@@ -18,7 +18,7 @@ def _jsonable(row: dict[str, object]) -> dict[str, object]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
-@cli.group()
+@click.group()
 def dlq() -> None:
     """Dead letters: repos that failed permanently or too often."""
 

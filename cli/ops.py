@@ -9,7 +9,7 @@ import sys
 import click
 from prometheus_client import CollectorRegistry, start_http_server
 
-from cli.base import cli, settings_with
+from cli.base import settings_with
 from producer.beat import run_beat
 from producer.metrics import PipelineCollector
 from tagger.errors import ConfigError, InputError
@@ -38,7 +38,7 @@ def check_port_free(address: str, port: int) -> None:
             raise port_taken(address, port, exc) from exc
 
 
-@cli.command()
+@click.command()
 def beat() -> None:
     """Run Celery beat: the stale refresh every TAGGER_REFRESH_INTERVAL_S, the sweep every TAGGER_SWEEP_INTERVAL_S.
 
@@ -53,7 +53,7 @@ def beat() -> None:
     sys.exit(run_beat(settings, settings.log_level))
 
 
-@cli.command()
+@click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
 @click.option("--address", help="Interface to listen on [default: 127.0.0.1]; 0.0.0.0 inside a container.")
 @click.option("--local-only", is_flag=True, help="Allow running without credentials: listens on 127.0.0.1 only.")
@@ -91,7 +91,7 @@ def flower(port: int, address: str | None, local_only: bool) -> None:
     sys.exit(code or 0)
 
 
-@cli.command()
+@click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Interface to listen on; 0.0.0.0 inside a container.")

@@ -1,4 +1,4 @@
-"""The main flow: db upgrade, taxonomy load, import, enqueue, sweep, status, export."""
+"""The main flow: db upgrade, taxonomy load, import, enqueue, sweep, export, review (status: cli/status.py)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,22 @@ from typing import Any, TextIO
 
 import click
 
-from cli.base import cli, operator, settings_with
-from cli.runs import show_run
+from cli.base import operator, settings_with
 from db.engine import transaction
-from db.jobs import status_counts
 from db.migrate import upgrade
 from db.repos import Selection
-from db.results import iter_export, least_confident_results, outdated_result_ids, tag_rate
+from db.results import iter_export, least_confident_results, outdated_result_ids
 from db.taxonomy import count_repos_tagged_with, load_taxonomy, replace_taxonomy
 from db.work import LIVE, canary_store
 from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
 from producer.runs import find_run
-from tagger.errors import BrokerUnavailable, InputError
+from tagger.errors import InputError
 from tagger.files import atomic_write, output_path
 from tagger.taxonomy import Taxonomy
-from workers.contract import queue_depth
 
 
-@cli.group()
+@click.group()
 def db() -> None:
     """Database schema."""
 
@@ -41,7 +38,7 @@ def db_upgrade() -> None:
     click.echo(f"database {'created and ' if created else ''}at the latest schema; taxonomy version {version}")
 
 
-@cli.group()
+@click.group()
 def taxonomy() -> None:
     """The tag taxonomy."""
 
@@ -84,7 +81,7 @@ def taxonomy_load(file: Path, force: bool) -> None:
                    err=True)
 
 
-@cli.command("import")
+@click.command("import")
 @click.argument("file")
 def import_(file: str) -> None:
     """Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}; `-` reads standard input.
@@ -127,7 +124,7 @@ def _read_ids_file(path: Path, skipped: list[int]):  # type: ignore[no-untyped-d
                 yield line
 
 
-@cli.command()
+@click.command()
 @click.option("--all", "all_", is_flag=True, help="Every repo in the index.")
 @click.option("--untagged", is_flag=True, help="Repos without a result.")
 @click.option("--stale", is_flag=True, help="Repos never tagged, whose README changed, or tagged under another "
@@ -168,7 +165,7 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
         sys.exit(1)
 
 
-@cli.command()
+@click.command()
 @click.option("--older-than", type=click.IntRange(0), help="Seconds queued without a result "
               "[TAGGER_SWEEP_OLDER_THAN_S].")
 @click.option("--canary", "canary_run", type=int, metavar="RUN", help="Sweep canary RUN's sample instead (beat "
@@ -182,35 +179,7 @@ def sweep(older_than: int | None, canary_run: int | None) -> None:
     click.echo(f"re-enqueued {swept} repos")
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object: repos, tagged, pending, failed, dead, "
-              "queue_depth, rate_per_s, eta_s.")
-@click.option("--run", "run_id", type=int, help="One run instead: its configuration, selection and counts.")
-def status(as_json: bool, run_id: int | None) -> None:
-    """Repos, tagged, pending, failed, dead letters, queue depth, rate and ETA."""
-    if run_id is not None:
-        show_run(run_id, as_json)
-        return
-    settings = settings_with()
-    with transaction(settings.database_url) as conn:
-        counts: dict[str, object] = dict(status_counts(conn))
-        rate = tag_rate(conn)
-    try:
-        counts["queue_depth"] = queue_depth(settings.broker_url, settings.queue)
-    except BrokerUnavailable as exc:
-        counts["queue_depth"] = -1
-        click.echo(f"warning: {exc}", err=True)
-    counts["rate_per_s"] = round(rate, 2)
-    outstanding = int(counts["pending"]) + int(counts["failed"])  # type: ignore[call-overload]
-    counts["eta_s"] = round(outstanding / rate) if rate > 0 else None
-    if as_json:
-        click.echo(json.dumps(counts))
-        return
-    for key in ("repos", "tagged", "pending", "failed", "dead", "queue_depth", "rate_per_s", "eta_s"):
-        click.echo(f"{key:<12} {counts[key] if counts[key] is not None else '-'}")
-
-
-@cli.command()
+@click.command()
 @click.option("--out", help="Write to this file instead of standard output (replaced only once the export is "
               "complete).")
 @click.option("--with-scores", is_flag=True,
@@ -258,7 +227,7 @@ def _write_results(database_url: str, stream: TextIO, with_scores: bool) -> tupl
     return written, stale
 
 
-@cli.command()
+@click.command()
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many repos to list.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 def review(limit: int, as_json: bool) -> None:

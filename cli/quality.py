@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from cli.base import cli, settings_with
+from cli.base import settings_with
 from tagger.backends import BACKENDS, configured_model, create_tagger
 from tagger.calibration import Example, fit_report, format_calibration
 from tagger.embeddings import SignalEmbedder
@@ -23,7 +23,7 @@ from tagger.shortlist import SHORTLIST_MODES
 from tagger.taxonomy import Taxonomy
 
 
-@cli.command("eval")
+@click.command("eval")
 @click.option("--gold", "gold_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='JSON Lines: {"repo", "readme", "gold": [tag names], "primary": tag} per line.')
 @click.option("--backend", help=f"Backend to evaluate ({', '.join(BACKENDS)}) [default: TAGGER_BACKEND].")
@@ -83,7 +83,7 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
         click.echo(f"failed: {failure}", err=True)
 
 
-@cli.command("calibrate")
+@click.command("calibrate")
 @click.option("--gold", "gold_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='JSON Lines: {"repo", "readme", "gold": [tag names], "primary": tag} per line.')
 @click.option("--backend", help=f"Backend to calibrate ({', '.join(BACKENDS)}) [default: TAGGER_BACKEND].")

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
-from cli.base import cli, operator, settings_with
+from cli.base import jsonable, operator, settings_with, when
 from db.engine import transaction
 from db.runs import Run, list_runs, run_counts
 from producer.enqueue import RunSpec
 from producer.runs import (
     RunStatus,
     diff_run,
-    find_run,
     history,
     promote_run,
     rollback,
@@ -26,20 +23,6 @@ from producer.runs import (
     start_canary,
     unset_manual_tags,
 )
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _state(run: Run) -> str:
@@ -50,7 +33,7 @@ def _state(run: Run) -> str:
     return ""
 
 
-@cli.command("runs")
+@click.command("runs")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="The newest runs only.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def runs_(limit: int, as_json: bool) -> None:
@@ -60,7 +43,7 @@ def runs_(limit: int, as_json: bool) -> None:
         rows = [RunStatus(run, run_counts(conn, run)) for run in list_runs(conn, limit)]
     if as_json:
         for status in rows:
-            click.echo(json.dumps(_jsonable(status.as_dict())))
+            click.echo(json.dumps(jsonable(status.as_dict())))
         return
     click.echo(f"{'id':>5} {'kind':<6} {'started (UTC)':<19} {'by':<20} {'backend/model':<32} {'selection':<20} "
                f"{'sent':>7} {'done':>7}  state")
@@ -71,23 +54,11 @@ def runs_(limit: int, as_json: bool) -> None:
         if len(config) > 32:
             config = "..." + config[-29:]
         by = run.started_by + (f" ({run.label})" if run.label else "")
-        click.echo(f"{run.id:>5} {run.kind:<6} {_when(run.started_at):<19} {by[:20]:<20} {config:<32} "
+        click.echo(f"{run.id:>5} {run.kind:<6} {when(run.started_at):<19} {by[:20]:<20} {config:<32} "
                    f"{run.selection[:20]:<20} {sent:>7} {counts['done']:>7}  {_state(run)}")
 
 
-def show_run(run_id: int, as_json: bool) -> None:
-    """`tagger status --run ID`: one run, its configuration and its counts."""
-    status = find_run(settings_with(), run_id)
-    if as_json:
-        click.echo(json.dumps(_jsonable(status.as_dict())))
-        return
-    for key, value in status.run.as_dict().items():
-        click.echo(f"{key:<22} {_when(value) if isinstance(value, datetime) else value if value is not None else '-'}")
-    for key, value in status.counts.items():
-        click.echo(f"{key:<22} {value}")
-
-
-@cli.command()
+@click.command()
 @click.option("--sample", "size", type=int, required=True, help="Repos in the sample (drawn at random).")
 @click.option("--seed", type=int, help="Seed of the draw: the same seed over the same index draws the same "
               "sample. Default: a random one, printed.")
@@ -118,7 +89,7 @@ def canary(size: int, seed: int | None, label: str | None) -> None:
     click.echo(f"configuration: {config}")
 
 
-@cli.command()
+@click.command()
 @click.argument("run_id", metavar="RUN", type=int)
 @click.option("--gold", "gold_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labelled repos (JSON Lines with repo, readme, gold) : quality of live and shadow tags on "
@@ -153,7 +124,7 @@ def diff(run_id: int, gold_file: Path | None, top: int, as_json: bool) -> None:
                            f"F1 {scores['f1']:.3f}  primary@3 {scores['primary_at_3']:.3f}")
 
 
-@cli.command()
+@click.command()
 @click.argument("run_id", metavar="RUN", type=int)
 def promote(run_id: int) -> None:
     """Write a canary's results to live (pinned repos excepted). Promoting twice changes nothing more.
@@ -172,7 +143,7 @@ def promote(run_id: int) -> None:
         click.echo(f"{report.pending} repos of the sample are not tagged yet: promote again once they are", err=True)
 
 
-@cli.command("rollback")
+@click.command("rollback")
 @click.argument("run_id", metavar="RUN", type=int)
 def rollback_(run_id: int) -> None:
     """Restore, for every repo RUN changed, the version before it; repos changed again since, or pinned,
@@ -185,7 +156,7 @@ def rollback_(run_id: int) -> None:
             click.echo(f"not touched, {what}: {len(ids)}: {', '.join(ids[:10])}", err=True)
 
 
-@cli.command("history")
+@click.command("history")
 @click.argument("repo_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per version, newest first.")
 def history_(repo_id: str, as_json: bool) -> None:
@@ -193,10 +164,10 @@ def history_(repo_id: str, as_json: bool) -> None:
     versions, pin, names = history(settings_with(), repo_id)
     if as_json:
         for version in versions:
-            click.echo(json.dumps(_jsonable(version.as_dict())))
+            click.echo(json.dumps(jsonable(version.as_dict())))
         return
     if pin:
-        click.echo(f"pinned by {pin.set_by} at {_when(pin.set_at)}" + (f": {pin.note}" if pin.note else ""))
+        click.echo(f"pinned by {pin.set_by} at {when(pin.set_at)}" + (f": {pin.note}" if pin.note else ""))
     if not versions:
         click.echo("never tagged")
     for version in versions:
@@ -206,12 +177,12 @@ def history_(repo_id: str, as_json: bool) -> None:
                   else f"run {version.run_id or '-'} {config.backend}/{config.model} "
                        f"{config.prompt_version} taxonomy {config.taxonomy_version}")
         until = ("live" if version.replaced_reason is None
-                 else f"replaced {_when(version.replaced_at)} by {version.replaced_reason}"
+                 else f"replaced {when(version.replaced_at)} by {version.replaced_reason}"
                  + (f" {version.replaced_by_run}" if version.replaced_by_run else ""))
-        click.echo(f"{_when(version.tagged_at)}  {tags:<40} {source}  [{until}]")
+        click.echo(f"{when(version.tagged_at)}  {tags:<40} {source}  [{until}]")
 
 
-@cli.group()
+@click.group()
 def tags() -> None:
     """Tags pinned by hand: no run, refresh, sweep or promote replaces them."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.base import cli, settings_with
+from cli.base import settings_with
 from db.engine import transaction
 from db.taxonomy import current_taxonomy_version
 from producer.runs import canary_settings, check_canary_worker, find_run
@@ -14,7 +14,7 @@ from workers.runtime import Runtime
 from workers.tasks import create_worker_app
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--pool", type=click.Choice(["threads", "solo", "prefork"]), default="threads", show_default=True,
               help="threads: one model shared by the threads, one batch in it at a time while the other "
               "threads read, prepare and write theirs (the model never waits on Python or Postgres). "

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 _HANDLER_NAME = "tagger"
 
@@ -36,6 +38,10 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    # Imported here, not at the top: structlog (and rich, which its dev renderer loads) is a fifth of a
+    # second that `tagger --help` need not pay; every command that logs imports it anyway.
+    import structlog
+
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 
@@ -146,7 +147,8 @@ def test_images_and_commands_exist(services):
             assert build.get("target") in targets, f"{name}: no Dockerfile stage {build.get('target')!r}"
             command = service.get("command")
             if command:  # the images' entrypoint is `tagger`
-                assert command[0] in cli.commands, f"{name}: `tagger {command[0]}` does not exist"
+                assert command[0] in cli.list_commands(click.Context(cli)), \
+                    f"{name}: `tagger {command[0]}` does not exist"
     assert "ENTRYPOINT [\"tagger\"]" in DOCKERFILE.read_text()
 
 

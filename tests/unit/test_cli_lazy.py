@@ -1,0 +1,75 @@
+"""`tagger` loads a command's modules only when it runs: `tagger --help` lists every command from the
+registry (cli.base.COMMANDS) without importing any of them, nor the heavy libraries they use."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from cli.base import COMMANDS, cli
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "torch", "vllm", "llama_cpp", "prometheus_client")
+
+
+def _in_fresh_interpreter(code: str) -> dict[str, object]:
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_help_lists_every_command_with_its_help_and_imports_none_of_them():
+    seen = _in_fresh_interpreter(
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "import cli\n"
+        "imported = sorted(sys.modules)\n"
+        "out = CliRunner().invoke(cli.cli, ['--help'], terminal_width=200).output\n"
+        "print(json.dumps({'imported': imported, 'after_help': sorted(sys.modules), 'out': out}))\n"
+    )
+    out = str(seen["out"])
+    for name, entry in COMMANDS.items():
+        assert any(line.split()[:1] == [name] and entry.summary[:30] in line for line in out.splitlines()), name
+    for when in ("imported", "after_help"):
+        modules = {str(m).split(".")[0] for m in seen[when]}  # type: ignore[attr-defined]
+        assert modules.isdisjoint(HEAVY), f"{when}: {sorted(modules & set(HEAVY))}"
+        commands = [m for m in seen[when] if str(m).startswith("cli.") and str(m) != "cli.base"]  # type: ignore[attr-defined]
+        assert commands == [], when
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_registered_command_is_the_one_its_module_defines_with_the_same_help(name):
+    entry = COMMANDS[name]
+    command = entry.load()
+    assert command.name == name
+    assert entry.summary == command.get_short_help_str(limit=1000)
+
+
+def test_every_command_in_the_cli_modules_is_registered():
+    """A command a module defines but the registry forgets would never be reachable."""
+    defined: set[str] = set()
+    nested: set[int] = set()
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        module = importlib.import_module(f"cli.{path.stem}")
+        commands = [v for v in vars(module).values() if isinstance(v, click.Command)]
+        for command in commands:
+            if isinstance(command, click.Group):
+                nested.update(id(sub) for sub in command.commands.values())
+        defined.update(f"{path.stem}:{k}" for k, v in vars(module).items()
+                       if isinstance(v, click.Command) and v is not cli)
+        defined -= {f"{path.stem}:{k}" for k, v in vars(module).items() if id(v) in nested}
+    registered = {entry.target.removeprefix("cli.") for entry in COMMANDS.values()}
+    assert defined - registered == set()
+
+
+def test_a_command_loads_on_first_use_and_unknown_names_stay_unknown():
+    ctx = click.Context(cli)
+    assert isinstance(cli.get_command(ctx, "status"), click.Command)
+    assert cli.get_command(ctx, "no-such-command") is None
