@@ -176,9 +176,13 @@ def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None
     only."""
     url = runtime.settings.database_url
     ids = sorted(set(repo_ids))
+    run = runtime.known_runs.get(run_id) if run_id is not None else None
     with transaction(url) as conn:
-        run = get_run(conn, run_id) if run_id is not None else None
+        if run_id is not None and run is None:
+            run = get_run(conn, run_id)
         readmes = fetch_readmes(conn, ids)
+    if run_id is not None and run is not None:
+        runtime.known_runs[run_id] = run
     shadow = check_run(run, run_id, canary_run)
     if run_id is not None and run is None:
         log.warning("unknown_run", run_id=run_id, task_id=task_id)

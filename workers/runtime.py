@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -25,6 +26,9 @@ class Runtime:
     engine: TaggingEngine
     taxonomy_version: int
     retry_policy: RetryPolicy
+    # The runs this process has taken batches of, by id: what a batch checks of its run (its kind) never
+    # changes, so it is read once per run, not once per batch (rollback is checked at write time).
+    known_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings, tagger: Tagger | None = None) -> Runtime:
