@@ -11,6 +11,7 @@ counted: what a batch costs PostgreSQL, and Redis's commands per batch from INFO
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -189,21 +191,27 @@ class Probe:
         return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in self.redis.info("commandstats").items()}
 
 
-def _batch_writes(url: str, run_id: int, since: float, until: float) -> list[tuple[float, int]]:
-    """(write time, repos) of each batch of ``run_id`` written within [since, until): a batch's results
-    share their transaction's now()."""
-    with transaction(url) as conn:
-        rows = conn.execute(sa.text(
-            "SELECT extract(epoch FROM tagged_at)::float8, count(*) FROM results WHERE run_id = :run "
-            "AND tagged_at >= to_timestamp(:t0) AND tagged_at < to_timestamp(:t1) GROUP BY tagged_at ORDER BY 1"),
-            {"run": run_id, "t0": since, "t1": until}).all()
-    return [(float(t), int(n)) for t, n in rows]
+def batch_times(log_path: Path, since: float, until: float) -> list[tuple[float, int]]:
+    """(time, repos) of each batch a worker logged as tagged (`batch_tagged`, once its write committed)
+    within [since, until)."""
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"batch_tagged"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            at = datetime.fromisoformat(event["timestamp"]).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if since <= at < until:
+            out.append((at, int(event.get("tagged", 0))))
+    return sorted(out)
 
 
 def steady_rate(writes: Sequence[tuple[float, int]]) -> float:
-    """Repos/s from batch write times: the repos of every batch after the first, over the time from the
-    first write to the last. Counting whole batches in a fixed window would be off by up to a batch
-    (12 % of a single worker's window of 6 s); this is exact for one worker and unbiased for several."""
+    """One worker's repos/s from its batches' times: the repos of every batch after the first, over the
+    time from the first to the last. Counting whole batches in a fixed window would be off by up to a
+    batch (12 % of one worker's rate over 6 s); this is exact for a worker that is never starved."""
     if len(writes) < 2 or writes[-1][0] <= writes[0][0]:
         return 0.0
     return sum(n for _, n in writes[1:]) / (writes[-1][0] - writes[0][0])
@@ -250,12 +258,15 @@ def measure_point(settings: Settings, workers: Sequence[subprocess.Popen[bytes]]
     finally:
         stop(producer)
     window = last["time"] - first["time"]
-    writes = _batch_writes(url, run_id, first["time"], last["time"])
+    # The fleet's rate is the sum of each worker's own: their batches interleave, and the span from the
+    # fleet's first write to its last would be a biased clock for K periodic streams.
+    per_worker = [batch_times(w.log_path, first["time"], last["time"]) for w in workers]  # type: ignore[attr-defined]
+    rate = sum(steady_rate(times) for times in per_worker)
     backends = sum(cpu - first["backends"].get(pid, 0.0) for pid, cpu in last["backends"].items())
     stats = {k: last["pg_stats"][k] - first["pg_stats"][k] for k in first["pg_stats"]}
-    return FleetPoint(len(workers), steady_rate(writes) * window, window, backends, last["redis"] - first["redis"],
+    return FleetPoint(len(workers), rate * window, window, backends, last["redis"] - first["redis"],
                       last["pg_all"] - first["pg_all"], last["workers"] - first["workers"], os.getloadavg()[0],
-                      pg_stats=stats, redis_calls=calls, batches_written=len(writes))
+                      pg_stats=stats, redis_calls=calls, batches_written=sum(len(t) for t in per_worker))
 
 
 def fleet_settings(settings: Settings, per_worker: float = GPU_REPOS_PER_S) -> Settings:
