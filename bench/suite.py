@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -311,7 +312,7 @@ def _index(base: Settings, plan: Plan, report: Report, say: Callable[[str], None
     report.add(section, "enqueue --stale selection alone, nothing stale", f["stale_select_s"] * 1e6 / n,
                "µs/repo", f"{f['stale_select_s']:.2f} s; goal <= 2", key="stale_select_us_per_repo")
     for name, timed in run.timings.items():
-        slug = "".join(c if c.isalnum() else "_" for c in name.split(" (")[0].lower()).strip("_")
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         if timed is None:
             report.add(section, f"tagger {name}", "absent", "", "not in this version's CLI")
             report.figures[f"index_{slug}_s"] = None
