@@ -3,7 +3,8 @@ results derived from them in SQL, set-based. The index benchmark (bench/index.py
 (bench/fleet.py) start from it.
 
 It writes the schema's tables directly, so it is the one place that knows their column types:
-:func:`load_index` holds every statement (tag ids and scores as JSONB today; arrays are a change here).
+:func:`load_index` holds every statement; tag ids and scores are written as the database stores them
+(JSONB, or native arrays since migration 0003: read off information_schema).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -75,16 +77,26 @@ def repo_lines(shape: IndexShape, pool: list[str], start: int = 0) -> Iterator[s
         yield f"{rid}\tbench/{rid}\t{escaped[k]}{_copy_text(tail)}\t{readme_hash(pool[k] + tail)}\n"
 
 
-def _tag_ids_sql(key: str) -> str:
-    """A result's tag ids (two of TAG_IDS, drawn from the hash of ``key``), as the schema stores them."""
+def _tag_ids_sql(key: str, arrays: bool) -> str:
+    """A result's tag ids (two of TAG_IDS, drawn from the hash of ``key``), as the schema stores them:
+    a native array (``arrays``) or JSONB."""
     ids = ",".join(map(str, TAG_IDS))
     first = f"(ARRAY[{ids}])[1 + abs(hashtext({key})) %% {len(TAG_IDS)}]"
     second = f"(ARRAY[{ids}])[1 + abs(hashtext({key} || 'b')) %% {len(TAG_IDS)}]"
-    return f"jsonb_build_array({first}, {second})"
+    return f"ARRAY[{first}, {second}]" if arrays else f"jsonb_build_array({first}, {second})"
 
 
-def _tag_scores_sql(key: str) -> str:
-    return f"jsonb_build_array(round((0.5 + (abs(hashtext({key})) %% 500) / 1000.0)::numeric, 3), 0.4)"
+def _tag_scores_sql(key: str, arrays: bool) -> str:
+    best = f"round((0.5 + (abs(hashtext({key})) %% 500) / 1000.0)::numeric, 3)"
+    return f"ARRAY[{best}, 0.4]::real[]" if arrays else f"jsonb_build_array({best}, 0.4)"
+
+
+def _native_arrays(cursor: Any) -> bool:
+    """Whether results.tag_ids is a native array (the schema since migration 0003) rather than JSONB."""
+    cursor.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'results' "
+                   "AND column_name = 'tag_ids' AND table_schema = current_schema()")
+    row = cursor.fetchone()
+    return bool(row) and row[0] == "ARRAY"
 
 
 def load_index(url: str, shape: IndexShape, current: Mapping[str, object], *, started_by: str = "bench") -> LoadedIndex:
@@ -129,7 +141,7 @@ def load_index(url: str, shape: IndexShape, current: Mapping[str, object], *, st
             params: dict[str, object] = {"old_run": old_run, "live_run": live_run, "canary_run": canary_run,
                                          **{f"c_{k}": v for k, v in config.items()},
                                          **{f"o_{k}": v for k, v in old.items()}}
-            for statement in _derived_rows(shape):
+            for statement in _derived_rows(shape, _native_arrays(cursor)):
                 cursor.execute(statement, params)
             cursor.execute("SELECT count(*) FROM shadow_results WHERE run_id = %s", (canary_run,))
             row = cursor.fetchone()
@@ -143,21 +155,22 @@ def load_index(url: str, shape: IndexShape, current: Mapping[str, object], *, st
                        time.perf_counter() - started)
 
 
-def _derived_rows(shape: IndexShape) -> list[str]:
+def _derived_rows(shape: IndexShape, arrays: bool) -> list[str]:
     """The statements that derive results, history, jobs, dead letters and shadow results from the repos."""
     statements = [
         # The old run's versions, replaced by the live run: one version per repo in history.
         f"""INSERT INTO result_history (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version,
                 readme_hash, readme_version, raw_output, latency_ms, tag_scores, confidence, tagged_at, run_id,
                 replaced_at, replaced_by_run, replaced_reason)
-            SELECT id, {_tag_ids_sql("id || 'old'")}, %(o_backend)s, %(o_model)s, %(o_prompt_version)s,
-                   %(o_taxonomy_version)s, readme_hash, 1, '{{"tags": []}}', 5.0, {_tag_scores_sql("id || 'old'")},
+            SELECT id, {_tag_ids_sql("id || 'old'", arrays)}, %(o_backend)s, %(o_model)s, %(o_prompt_version)s,
+                   %(o_taxonomy_version)s, readme_hash, 1, '{{"tags": []}}', 5.0,
+                   {_tag_scores_sql("id || 'old'", arrays)},
                    0.5, now() - interval '2 days', %(old_run)s, now() - interval '1 day', %(live_run)s, 'run'
             FROM repos""",
         f"""INSERT INTO results (repo_id, tag_ids, backend, model, prompt_version, taxonomy_version, readme_hash,
                 readme_version, raw_output, latency_ms, tag_scores, confidence, tagged_at, run_id)
-            SELECT id, {_tag_ids_sql("id")}, %(c_backend)s, %(c_model)s, %(c_prompt_version)s,
-                   %(c_taxonomy_version)s, readme_hash, 1, '{{"tags": []}}', 5.0, {_tag_scores_sql("id")},
+            SELECT id, {_tag_ids_sql("id", arrays)}, %(c_backend)s, %(c_model)s, %(c_prompt_version)s,
+                   %(c_taxonomy_version)s, readme_hash, 1, '{{"tags": []}}', 5.0, {_tag_scores_sql("id", arrays)},
                    0.5 + (abs(hashtext(id)) %% 500) / 1000.0, now() - interval '1 day', %(live_run)s
             FROM repos""",
         """INSERT INTO jobs (repo_id, state, attempts, queued_at, updated_at, task_id, run_id)
@@ -175,8 +188,8 @@ def _derived_rows(shape: IndexShape) -> list[str]:
         statements.append(
             f"""INSERT INTO shadow_results (run_id, repo_id, state, attempts, tag_ids, backend, model, prompt_version,
                     taxonomy_version, readme_hash, readme_version, raw_output, latency_ms, tag_scores, confidence)
-                SELECT %(canary_run)s, id, 'done', 0, {_tag_ids_sql("id || 'canary'")}, %(c_backend)s,
+                SELECT %(canary_run)s, id, 'done', 0, {_tag_ids_sql("id || 'canary'", arrays)}, %(c_backend)s,
                        %(c_model)s || '-canary', %(c_prompt_version)s, %(c_taxonomy_version)s, readme_hash, 1,
-                       '{{"tags": []}}', 5.0, {_tag_scores_sql("id || 'canary'")}, 0.7
+                       '{{"tags": []}}', 5.0, {_tag_scores_sql("id || 'canary'", arrays)}, 0.7
                 FROM repos WHERE abs(hashtext(id)) %% {shape.canary_every} = 0""")
     return statements
