@@ -30,7 +30,7 @@ import redis
 import sqlalchemy as sa
 
 from db.engine import get_engine, transaction
-from db.queries import list_runs
+from db.runs import list_runs
 from producer.enqueue import RunSpec, Sender, current_configuration
 from tagger.backends import Generation
 from tagger.prompt import Prompt
@@ -226,7 +226,7 @@ def _results_of(url: str, run_id: int) -> int:
 def _newest_run(url: str) -> int:
     with transaction(url) as conn:
         runs = list_runs(conn, 1)
-    return int(runs[0]["id"]) if runs else 0
+    return runs[0].id if runs else 0
 
 
 def measure_point(settings: Settings, workers: Sequence[subprocess.Popen[bytes]], ids: Sequence[str], tmp: Path,
@@ -295,7 +295,7 @@ def seed(settings: Settings, repos: int) -> list[str]:
     """``repos`` repos, each with a result: every batch the fleet tags then re-tags (archive + replace)."""
     load_index(settings.database_url, IndexShape(repos, prefix="f", readme_bytes=4000, canary_every=0,
                                                  dead_every=0),
-               current_configuration(settings), started_by="bench-fleet")
+               current_configuration(settings).as_dict(), started_by="bench-fleet")
     return [repo_id("f", i) for i in range(repos)]
 
 

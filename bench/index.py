@@ -132,7 +132,7 @@ class IndexRun:
 
 
 def load(settings: Settings, repos: int) -> LoadedIndex:
-    return load_index(settings.database_url, IndexShape(repos), current_configuration(settings))
+    return load_index(settings.database_url, IndexShape(repos), current_configuration(settings).as_dict())
 
 
 def run(settings: Settings, repos: int, tmp: Path, say: Callable[[str], None],

@@ -147,7 +147,7 @@ COMMANDS: dict[str, LazyCommand] = {
         ("canary", "cli.runs:canary", "Tag a random sample with this configuration into shadow results that no "
          "live reader sees."),
         ("db", "cli.pipeline:db", "Database schema."),
-        ("demo", "cli.demo:demo", "The whole flow on this machine, with no services: tag the sample READMEs and "
+        ("demo", "cli.demo:demo", "The production system, small: tag the sample READMEs on this machine and "
          "print the JSON."),
         ("diff", "cli.runs:diff", "A canary's shadow results against the live ones on its sample: what promoting it "
          "would change."),

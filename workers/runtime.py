@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
 from db.configuration import Configuration
 from db.engine import transaction
+from db.runs import Run
 from db.taxonomy import current_taxonomy_version, load_taxonomy
 from tagger.backends import Tagger, create_tagger
 from tagger.engine import TaggingEngine
@@ -28,7 +28,7 @@ class Runtime:
     retry_policy: RetryPolicy
     # The runs this process has taken batches of, by id: what a batch checks of its run (its kind) never
     # changes, so it is read once per run, not once per batch (rollback is checked at write time).
-    known_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    known_runs: dict[int, Run] = field(default_factory=dict)
 
     @classmethod
     def start(cls, settings: Settings, tagger: Tagger | None = None) -> Runtime:
