@@ -12,12 +12,12 @@ from tqdm import tqdm
 
 from cli.base import settings_with
 from tagger.backends import BACKENDS, configured_model, create_tagger
-from tagger.calibration import Example, fit_report, format_calibration
+from tagger.calibration import PRIOR_ALPHA, Example, fit_report, format_calibration
 from tagger.embeddings import SignalEmbedder
 from tagger.engine import TaggingEngine, profile_label
-from tagger.evaluation import format_report, load_gold, predict, score
+from tagger.evaluation import curve, format_report, load_gold, predict, score, write_curve_plot
 from tagger.keywords import synonyms_by_name
-from tagger.scoring import FEATURES, PROFILES_DIR, Profile, Scorer, profile_name
+from tagger.scoring import FEATURES, POLICIES, PROFILES_DIR, Profile, Scorer, profile_name
 from tagger.settings import Settings
 from tagger.shortlist import SHORTLIST_MODES
 from tagger.taxonomy import Taxonomy
@@ -37,16 +37,23 @@ from tagger.taxonomy import Taxonomy
 @click.option("--scoring", type=click.Choice(["auto", "on", "off"]),
               help="Scoring with the backend's calibration profile; off: the backend's answer as is "
               "[default: TAGGER_SCORING].")
+@click.option("--policy", type=click.Choice(POLICIES), help="Tag policy of a scored backend [default: TAGGER_TAG_POLICY].")
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="Your own threshold instead of the policy's [default: TAGGER_TAG_THRESHOLD].")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the precision/recall curve (against the threshold, the policies marked) as a PNG.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="READMEs per backend call.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the metrics and the configuration).")
 def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int | None, budget: int | None,
              shortlist: str | None, shortlist_k: int | None, no_descriptions: bool, scoring: str | None,
-             batch_size: int, as_json: bool) -> None:
+             policy: str | None, threshold: float | None, plot_file: Path | None, batch_size: int,
+             as_json: bool) -> None:
     """Tag every README of a gold file and report micro precision, recall and F1, hit rate, primary@3,
-    the commonest mistakes and speed. Touches neither the database nor the queue."""
+    the commonest mistakes and speed; with a scored backend, the precision/recall curve over the
+    threshold, the policies marked (--plot FILE.png draws it). Touches neither the database nor the queue."""
     settings = settings_with(backend=backend, model=model, readme_token_budget=budget, shortlist=shortlist,
                              shortlist_k=shortlist_k, prompt_descriptions=False if no_descriptions else None,
-                             scoring=scoring)
+                             scoring=scoring, tag_policy=policy, tag_threshold=threshold)
     taxonomy = Taxonomy.load(settings.taxonomy_file)
     rows = load_gold(gold_file, taxonomy, limit)
 
@@ -55,13 +62,27 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
     try:
         engine = TaggingEngine.from_settings(tagger, taxonomy, settings)
         load_s = time.perf_counter() - started
+        ranked: list[list[tuple[str, float]]] = []
         with tqdm(total=len(rows), desc="tagging", unit="repo", file=sys.stderr, leave=False) as bar:
             predictions, failures, seconds = predict(engine, [r.readme for r in rows], batch_size=batch_size,
-                                                     progress=bar.update, repo_names=[r.repo for r in rows])
+                                                     progress=bar.update, repo_names=[r.repo for r in rows],
+                                                     ranked=ranked)
     finally:
         tagger.close()
 
     report = score(rows, predictions, errors=len(failures), seconds=seconds)
+    profile = engine.scorer.profile if engine.scorer else None
+    if profile is not None:
+        marks = dict(profile.policies) or {"profile": profile.threshold}
+        if profile.policy == "custom":
+            marks["custom"] = profile.threshold
+        report["policies"] = {k: round(v, 4) for k, v in marks.items()}
+        report["curve"] = curve(rows, ranked, profile.ratio, marks.values())
+        if plot_file is not None:
+            write_curve_plot(report["curve"], marks, plot_file,
+                             f"{profile_label(profile)} on {gold_file.name} ({len(rows)} READMEs)")
+    elif plot_file is not None:
+        raise click.UsageError("--plot needs a scored backend (its tags have scores to cut at a threshold)")
     report["load_s"] = round(load_s, 3)
     report["config"] = {
         "backend": tagger.name,
@@ -70,7 +91,9 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
         "descriptions": settings.prompt_descriptions,
         "shortlist": "none" if settings.shortlist == "none" or engine.scorer
         else f"{settings.shortlist}:{settings.shortlist_k}",
-        "profile": profile_label(engine.scorer.profile) if engine.scorer else "none",
+        "profile": profile_label(profile) if profile else "none",
+        "policy": (profile.policy or "-") if profile else "none",
+        "threshold": round(profile.threshold, 4) if profile else None,
         "budget": settings.readme_token_budget,
     }
     report["failures"] = failures[:10]
@@ -79,6 +102,8 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
         return
     for line in format_report(report):
         click.echo(line)
+    if plot_file is not None:
+        click.echo(f"curve written to {plot_file}")
     for failure in failures[:5]:
         click.echo(f"failed: {failure}", err=True)
 
@@ -133,7 +158,7 @@ def calibrate(gold_file: Path, backend: str | None, model: str | None, folds: in
                 gathered = engine.gather_signals([r.readme for r in batch], [r.repo for r in batch], judge=judged)
                 for row, item in zip(batch, gathered, strict=True):
                     if isinstance(item, tuple):
-                        examples.append(Example(item[0], frozenset(row.gold), row.primary))
+                        examples.append(Example(item[0], frozenset(row.gold), row.primary, row.source))
                         kept.append(row.repo)
                     else:
                         click.echo(f"skipped {row.repo}: {type(item).__name__}: {item}", err=True)
@@ -145,9 +170,11 @@ def calibrate(gold_file: Path, backend: str | None, model: str | None, folds: in
 
     name = profile_name(settings.backend, model_name) if judged else settings.backend
     base = [f for f in FEATURES if f != "judge"]
-    results = {"signals": fit_report(examples, taxonomy.names, base, folds, seed=seed, name=name)}
+    results = {"signals": fit_report(examples, taxonomy.names, base, folds, seed=seed, name=name,
+                                     prior_alpha=PRIOR_ALPHA)}
     if judged:
-        results["signals+judge"] = fit_report(examples, taxonomy.names, FEATURES, folds, seed=seed, name=name)
+        results["signals+judge"] = fit_report(examples, taxonomy.names, FEATURES, folds, seed=seed, name=name,
+                                              prior_alpha=PRIOR_ALPHA)
     # The judge is kept only when it improves the cross-validated F1: a signal that adds nothing on
     # unseen READMEs would only cost a model call per README.
     chosen = "signals"

@@ -23,7 +23,7 @@ from tagger.errors import (
 from tagger.keywords import synonyms_by_name
 from tagger.prompt import Prompt, PromptBuilder
 from tagger.readme import prepare_readme
-from tagger.scoring import SIGNAL_TOKEN_BUDGET, Profile, Scorer, Signals, judge_signal, load_profile
+from tagger.scoring import SIGNAL_TOKEN_BUDGET, Profile, Scorer, Signals, judge_signal, keep, load_profile
 from tagger.settings import Settings
 from tagger.shortlist import Shortlister, create_shortlister, shortlist_label
 from tagger.taxonomy import Tag, Taxonomy
@@ -40,6 +40,9 @@ class Tagged:
     # The confidence of each tag (same order): the scoring model's probability that the tag is right.
     # Empty where the backend's answer is taken as is (scoring off: keyword, embedding, plugins).
     scores: tuple[float, ...] = ()
+    # The likeliest tags whatever the threshold (best first, with p): `tagger eval` draws the
+    # precision/recall curve from them. Empty where scoring is off.
+    ranked: tuple[tuple[str, float], ...] = ()
 
 
 def scoring_enabled(settings: Settings) -> bool:
@@ -52,7 +55,8 @@ def configured_profile(settings: Settings) -> Profile | None:
     """The calibration profile an engine built from ``settings`` scores with (None: scoring off)."""
     if not scoring_enabled(settings):
         return None
-    return load_profile(settings.backend, configured_model(settings), settings.profiles_dir)
+    profile = load_profile(settings.backend, configured_model(settings), settings.profiles_dir)
+    return profile.with_policy(settings.tag_policy, settings.tag_threshold)
 
 
 def profile_label(profile: Profile) -> str:
@@ -250,11 +254,13 @@ class TaggingEngine:
                 outcomes.append(item)
                 continue
             found, answer = item
-            chosen = scorer.choose(found)
+            ranked = scorer.rank(found)
+            chosen = keep(ranked, scorer.profile.threshold, scorer.profile.ratio)
             tags = [tag for tag in (self.taxonomy.by_name(name) for name, _ in chosen) if tag is not None]
             raw = answer.text if answer else json.dumps({"tags": [n for n, _ in chosen]})
             outcomes.append(Tagged(
                 tags, raw, latency_ms, answer.prompt_tokens if answer else 0,
                 answer.evaluated_tokens if answer else 0, tuple(round(p, 4) for _, p in chosen),
+                tuple((n, round(p, 4)) for n, p in ranked),
             ))
         return outcomes

@@ -4,6 +4,7 @@ database or a queue, and the answers are scored per tag (micro-averaged) and per
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tagger.engine import Tagged, TaggingEngine
-from tagger.errors import InputError
+from tagger.errors import ConfigError, InputError
+from tagger.scoring import keep
 from tagger.taxonomy import Taxonomy
 
 TOP_ERRORS = 10
@@ -26,6 +28,22 @@ class GoldRow:
     readme: str
     gold: tuple[str, ...]  # taxonomy names, normalised
     primary: str
+    source: str = ""  # where the labels come from: source_of(its evidence)
+
+
+_MANIFEST = re.compile(r"\.(json|toml|py|ya?ml|xml|cfg|gemspec)$")
+
+
+def source_of(evidence: str) -> str:
+    """The source of a gold row's labels, from its ``evidence``: the list or file it names first
+    (``awesome-go section 'Logging' (...)`` → ``awesome-go``; ``owner/awesome-x README.md`` →
+    ``awesome-x``); package manifests (``package.json keywords ...``) are one source, ``manifest``;
+    "" when there is no evidence."""
+    words = evidence.split()
+    if not words:
+        return ""
+    first = words[0].rsplit("/", 1)[-1].strip("'\"():,;").lower()
+    return "manifest" if _MANIFEST.search(first) else first
 
 
 def _tag_name(taxonomy: Taxonomy, name: object, where: str) -> str:
@@ -61,7 +79,9 @@ def load_gold(path: Path | str, taxonomy: Taxonomy, limit: int | None = None) ->
                 raise InputError(f"{where}: 'gold' must be a non-empty list of tag names")
             gold = tuple(dict.fromkeys(_tag_name(taxonomy, g, where) for g in gold_names))
             primary = _tag_name(taxonomy, data["primary"], where) if data.get("primary") else gold[0]
-            rows.append(GoldRow(str(data.get("repo", number)), data["readme"], gold, primary))
+            evidence = data.get("evidence")
+            rows.append(GoldRow(str(data.get("repo", number)), data["readme"], gold, primary,
+                                source_of(evidence) if isinstance(evidence, str) else ""))
     return rows
 
 
@@ -139,9 +159,12 @@ def predict(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     repo_names: Sequence[str] | None = None,
+    ranked: list[list[tuple[str, float]]] | None = None,
 ) -> tuple[list[list[str]], list[str], float]:
     """Tag names per README (empty where the engine failed), the failures' descriptions, and the
-    seconds spent tagging (shortlisting and signals included, model loading not)."""
+    seconds spent tagging (shortlisting and signals included, model loading not). ``ranked``, when
+    given, receives each README's likeliest tags with their p whatever the threshold (scored engines;
+    empty otherwise): the precision/recall curve is drawn from them."""
     predictions: list[list[str]] = []
     failures: list[str] = []
     names = list(repo_names) if repo_names is not None else [""] * len(readmes)
@@ -154,9 +177,73 @@ def predict(
             else:
                 predictions.append([])
                 failures.append(f"{type(outcome).__name__}: {outcome}")
+            if ranked is not None:
+                ranked.append(list(outcome.ranked) if isinstance(outcome, Tagged) else [])
         if progress:
             progress(len(batch))
     return predictions, failures, time.perf_counter() - started
+
+
+CURVE_KEYS = ("precision", "recall", "f1", "hit_rate", "primary_at_3", "mean_tags")
+# The thresholds the curve is drawn at (the policies' own are added): 0 (three tags) to 1 (one tag).
+CURVE_STEPS = 20
+
+
+def curve(rows: Sequence[GoldRow], ranked: Sequence[Sequence[tuple[str, float]]], ratio: float,
+          extra: Iterable[float] = ()) -> list[dict[str, float]]:
+    """Precision, recall, F1, hit rate, primary@3 and tags/repo at each threshold (TAGGER_TAG_THRESHOLD)
+    from 0 to 1, for READMEs ranked by a scored engine: the second and third tags are kept where their
+    p reaches the threshold and ``ratio`` times the best tag's p, as the engine keeps them."""
+    thresholds = sorted({round(i / CURVE_STEPS, 4) for i in range(CURVE_STEPS + 1)} | {round(t, 4) for t in extra})
+    points = []
+    for threshold in thresholds:
+        kept = [[n for n, _ in keep(tags, threshold, ratio)] for tags in ranked]
+        figures = score(rows, kept)
+        points.append({"threshold": threshold, **{k: figures[k] for k in CURVE_KEYS}})
+    return points
+
+
+def format_curve(points: Sequence[dict[str, float]], marks: dict[str, float]) -> Iterable[str]:
+    """The curve as a table, the policies' thresholds marked."""
+    by_threshold: dict[float, list[str]] = {}
+    for policy, threshold in marks.items():
+        by_threshold.setdefault(round(threshold, 4), []).append(policy)
+    yield f"  {'threshold':>9} " + " ".join(f"{k:>12}" for k in CURVE_KEYS) + "  policy"
+    for point in points:
+        yield (f"  {point['threshold']:>9.3f} " + " ".join(f"{point[k]:>12.3f}" for k in CURVE_KEYS)
+               + "  " + ", ".join(by_threshold.get(point["threshold"], [])))
+
+
+def write_curve_plot(points: Sequence[dict[str, float]], marks: dict[str, float], path: Path, title: str = "") -> None:
+    """Precision, recall and F1 against the threshold, the policies marked, as a PNG at ``path``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display here, and none needed
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConfigError("--plot needs matplotlib: pip install 'repo-tagger[dev]' (or matplotlib)") from exc
+    xs = [p["threshold"] for p in points]
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+    try:
+        for key, style in (("precision", "-"), ("recall", "--"), ("f1", "-.")):
+            axes.plot(xs, [p[key] for p in points], style, linewidth=2, label=key if key != "f1" else "F1")
+        for policy, threshold in sorted(marks.items(), key=lambda kv: kv[1]):
+            axes.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+            axes.annotate(f"{policy}\n{threshold:.2f}", (threshold, 0.02), rotation=0, fontsize=9,
+                          ha="left", va="bottom", xytext=(3, 0), textcoords="offset points")
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("threshold for the 2nd and 3rd tag (TAGGER_TAG_THRESHOLD)")
+        axes.set_ylabel("micro-averaged")
+        axes.set_title(title or "tag quality against the threshold")
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="upper right")
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+    finally:
+        plt.close(figure)
 
 
 def format_report(report: dict[str, Any]) -> Iterable[str]:
@@ -188,3 +275,8 @@ def format_report(report: dict[str, Any]) -> Iterable[str]:
             recall = "-" if row["recall"] is None else f"{row['recall']:.2f}"
             yield (f"  {tag:<20} {row['gold']:>5} {row['predicted']:>5} {row['correct']:>5} {precision:>9} "
                    f"{recall:>7}")
+    points = report.get("curve") or []
+    if points:
+        yield ""
+        yield "precision/recall curve (TAGGER_TAG_THRESHOLD; the policies marked)"
+        yield from format_curve(points, report.get("policies") or {})

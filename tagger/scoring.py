@@ -14,10 +14,16 @@ Signals (each a number per tag, computed for every tag of the taxonomy):
 - ``judge``: the backend's own answer (the LLM's choice among the best candidates), 1 for its first
   tag, 1/2 and 1/3 for the next; 0 for tags it did not choose.
 
-They are combined by a logistic model, ``p = 1 / (1 + exp(-(bias + sum(weight * signal))))``, whose
-weights a :class:`Profile` holds per backend and model (``tagger calibrate`` fits them on labelled
-READMEs). The best tag is always kept, the second and third only when their ``p`` reaches the
-profile's threshold; ``p`` is the confidence reported with each tag.
+They are combined by a logistic model, ``p = 1 / (1 + exp(-(bias + tag_bias[tag] + sum(weight * signal))))``,
+whose weights a :class:`Profile` holds per backend and model (``tagger calibrate`` fits them on labelled
+READMEs; ``tag_bias`` is a per-tag offset shrunk towards 0, empty unless calibration kept it). The best
+tag is always kept, the second and third only when their ``p`` reaches the threshold *and* a share
+(``ratio``) of the best tag's ``p``; ``p`` is the confidence reported with each tag.
+
+The threshold is the operator's choice of a point on the precision/recall curve: a profile stores one
+threshold per policy (``precise``, ``balanced``, ``recall``: TAGGER_TAG_POLICY), each chosen by
+calibration on its training READMEs, and TAGGER_TAG_THRESHOLD sets one's own point. The policy applied
+is part of the profile's version, so a change of policy makes stored results stale.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +53,10 @@ SIGNAL_TOKEN_BUDGET = 512
 LEAD_PARAGRAPHS = 3
 
 
+POLICIES: tuple[str, ...] = ("precise", "balanced", "recall")
+DEFAULT_POLICY = "balanced"
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """The weights of the logistic model for one backend and model: weights only, never examples."""
@@ -57,9 +67,27 @@ class Profile:
     threshold: float  # the second and third tags are kept when their p reaches it
     judge_k: int = 8  # candidates the judge chooses among
     fitted_on: Mapping[str, Any] = field(default_factory=dict)  # how many READMEs, folds, CV figures
+    ratio: float = 0.0  # ... and when their p reaches this share of the best tag's p
+    tag_bias: Mapping[str, float] = field(default_factory=dict)  # per-tag offsets of the logit (shrunk)
+    policies: Mapping[str, float] = field(default_factory=dict)  # a threshold per policy
+    policy: str = ""  # the policy applied ("custom" for TAGGER_TAG_THRESHOLD); "" for none
 
     def weight(self, feature: str) -> float:
         return float(self.weights.get(feature, 0.0))
+
+    def with_policy(self, policy: str = DEFAULT_POLICY, threshold: float | None = None) -> Profile:
+        """This profile at the operator's point of the precision/recall curve: a policy's threshold, or
+        ``threshold`` itself. A profile without policies (not refitted since they exist) keeps its one
+        threshold under every policy, so its answers and its version stay as they were."""
+        if threshold is not None:
+            return replace(self, threshold=float(threshold), policy="custom")
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown tag policy {policy!r}: choose one of {', '.join(POLICIES)}")
+        if not self.policies:
+            return self
+        if policy not in self.policies:
+            raise ConfigError(f"profile {self.name!r} has no threshold for policy {policy!r}")
+        return replace(self, threshold=float(self.policies[policy]), policy=policy)
 
     @property
     def uses_embeddings(self) -> bool:
@@ -72,21 +100,33 @@ class Profile:
     @property
     def version(self) -> str:
         """A short digest of what changes answers: results record it, so a new profile makes them stale."""
-        body = json.dumps(
-            {"w": {f: round(self.weight(f), 6) for f in FEATURES}, "b": round(self.bias, 6),
-             "t": round(self.threshold, 6), "k": self.judge_k},
-            sort_keys=True,
-        )
+        content: dict[str, Any] = {"w": {f: round(self.weight(f), 6) for f in FEATURES}, "b": round(self.bias, 6),
+                                   "t": round(self.threshold, 6), "k": self.judge_k}
+        # Added only when set: profiles from before these existed keep their version (and results stay fresh).
+        if self.ratio:
+            content["r"] = round(self.ratio, 6)
+        if self.tag_bias:
+            content["tb"] = {t: round(v, 6) for t, v in sorted(self.tag_bias.items())}
+        if self.policy:
+            content["p"] = self.policy
+        body = json.dumps(content, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:6]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "weights": {f: round(self.weight(f), 6) for f in FEATURES},
             "bias": round(self.bias, 6),
             "threshold": round(self.threshold, 6),
             "judge_k": self.judge_k,
-            "fitted_on": dict(self.fitted_on),
         }
+        if self.ratio:
+            data["ratio"] = round(self.ratio, 6)
+        if self.tag_bias:
+            data["tag_bias"] = {t: round(v, 6) for t, v in sorted(self.tag_bias.items())}
+        if self.policies:
+            data["policies"] = {p: round(self.policies[p], 6) for p in POLICIES if p in self.policies}
+        data["fitted_on"] = dict(self.fitted_on)
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> Profile:
@@ -95,8 +135,12 @@ class Profile:
             unknown = set(weights) - set(FEATURES)
             if unknown:
                 raise ValueError(f"unknown signals {sorted(unknown)}")
+            policies = {str(k): float(v) for k, v in dict(data.get("policies") or {}).items()}
+            if set(policies) - set(POLICIES):
+                raise ValueError(f"unknown policies {sorted(set(policies) - set(POLICIES))}")
             return cls(name, weights, float(data["bias"]), float(data["threshold"]), int(data.get("judge_k", 8)),
-                       dict(data.get("fitted_on") or {}))
+                       dict(data.get("fitted_on") or {}), float(data.get("ratio", 0.0)),
+                       {str(k): float(v) for k, v in dict(data.get("tag_bias") or {}).items()}, policies)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"profile {name!r} is malformed: {exc}") from exc
 
@@ -202,8 +246,9 @@ def embedding_signals(similarities: Sequence[float]) -> dict[str, list[float]]:
 # --- the model ---------------------------------------------------------------------------------------
 
 
-def logit(profile: Profile, signals: Mapping[str, float]) -> float:
-    return profile.bias + sum(profile.weight(f) * signals.get(f, 0.0) for f in FEATURES)
+def logit(profile: Profile, signals: Mapping[str, float], tag: str = "") -> float:
+    return (profile.bias + profile.tag_bias.get(tag, 0.0)
+            + sum(profile.weight(f) * signals.get(f, 0.0) for f in FEATURES))
 
 
 def sigmoid(z: float) -> float:
@@ -214,14 +259,27 @@ def sigmoid(z: float) -> float:
 
 
 def probabilities(profile: Profile, signals: Signals, names: Sequence[str]) -> list[float]:
-    return [sigmoid(logit(profile, signals.row(i))) for i in range(len(names))]
+    return [sigmoid(logit(profile, signals.row(i), name)) for i, name in enumerate(names)]
 
 
-def choose(names: Sequence[str], probs: Sequence[float], threshold: float) -> list[tuple[str, float]]:
-    """The best tag always (a README describes something), then up to two more whose p reaches the
-    threshold; best first, with their p."""
-    ranked = sorted(zip(names, probs, strict=True), key=lambda np: (-np[1], np[0]))[:MAX_TAGS]
-    return [(n, p) for i, (n, p) in enumerate(ranked) if i == 0 or p >= threshold]
+def rank(names: Sequence[str], probs: Sequence[float]) -> list[tuple[str, float]]:
+    """The ``MAX_TAGS`` likeliest tags, best first, with their p (ties by name)."""
+    return sorted(zip(names, probs, strict=True), key=lambda np: (-np[1], np[0]))[:MAX_TAGS]
+
+
+def keep(ranked: Sequence[tuple[str, float]], threshold: float, ratio: float = 0.0) -> list[tuple[str, float]]:
+    """Of tags ranked best first: the best always (a README describes something), then those whose p
+    reaches the threshold and ``ratio`` times the best tag's p."""
+    if not ranked:
+        return []
+    floor = max(threshold, ratio * ranked[0][1])
+    return [(n, p) for i, (n, p) in enumerate(ranked[:MAX_TAGS]) if i == 0 or p >= floor]
+
+
+def choose(names: Sequence[str], probs: Sequence[float], threshold: float, ratio: float = 0.0
+           ) -> list[tuple[str, float]]:
+    """The tags kept, best first, with their p (see :func:`keep`)."""
+    return keep(rank(names, probs), threshold, ratio)
 
 
 def candidates(names: Sequence[str], signals: Signals, k: int) -> list[str]:
@@ -268,6 +326,10 @@ class Scorer:
     def candidates(self, signals: Signals) -> list[str]:
         return candidates(self.names, signals, self.profile.judge_k)
 
+    def rank(self, signals: Signals) -> list[tuple[str, float]]:
+        """The likeliest tags whatever the threshold, best first, with their p."""
+        return rank(self.names, probabilities(self.profile, signals, self.names))
+
     def choose(self, signals: Signals) -> list[tuple[str, float]]:
         """The tags kept, best first, with their p."""
-        return choose(self.names, probabilities(self.profile, signals, self.names), self.profile.threshold)
+        return keep(self.rank(signals), self.profile.threshold, self.profile.ratio)

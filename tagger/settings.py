@@ -72,6 +72,15 @@ class Settings(BaseSettings):
         None, description="Folder of calibration profiles (tagger calibrate --out), searched before the shipped ones."
     )
     shortlist_k: int = Field(8, ge=1, le=1000, description="Candidate tags kept by the shortlist.")
+    tag_policy: Literal["precise", "balanced", "recall"] = Field(
+        "balanced", description="Scored backends: fewer, surer tags (precise: tags shown publicly), the best F1 "
+        "(balanced), or more tags (recall: a search index); each a calibrated threshold of the profile "
+        "(docs/quality.md). Results record it: a change makes them stale."
+    )
+    tag_threshold: float | None = Field(
+        None, ge=0, le=1, description="Scored backends: your own point instead of the policy's: the second and third "
+        "tags are kept when their score reaches it (see `tagger eval` for the curve; empty: the policy's)."
+    )
     embedding_model: str = Field(
         "", description="sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."
     )
@@ -159,7 +168,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a Redis URL: expected e.g. redis://HOST:6379/0")
         return value
 
-    @field_validator("vllm_enforce_eager", "openai_add_special_tokens", mode="before")
+    @field_validator("vllm_enforce_eager", "openai_add_special_tokens", "tag_threshold", mode="before")
     @classmethod
     def _empty_means_auto(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

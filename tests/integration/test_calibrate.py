@@ -45,7 +45,8 @@ def test_calibrate_writes_a_profile_of_weights_that_the_engine_then_uses(tmp_pat
     written = Path(summary["written"])
     assert written == tmp_path / "profiles" / "keyword--keyword-v1.json"
     data = json.loads(written.read_text())
-    assert set(data) == {"weights", "bias", "threshold", "judge_k", "fitted_on"}
+    assert {"weights", "bias", "threshold", "judge_k", "policies", "fitted_on"} <= set(data) <= {
+        "weights", "bias", "threshold", "judge_k", "ratio", "tag_bias", "policies", "fitted_on"}
     assert set(data["weights"]) == set(FEATURES)
     assert "README" not in written.read_text() and "someone/" not in written.read_text()  # weights, not examples
     assert load_profile("keyword", "keyword-v1", tmp_path / "profiles").version == summary["profile_version"]

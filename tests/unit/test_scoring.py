@@ -104,7 +104,8 @@ def test_shipped_profiles_hold_weights_and_figures_only() -> None:
     assert {"signals.json", "default.json"} <= {f.name for f in files}
     for path in files:
         data = json.loads(path.read_text())
-        assert set(data) <= {"weights", "bias", "threshold", "judge_k", "fitted_on"}, path
+        assert set(data) <= {"weights", "bias", "threshold", "judge_k", "ratio", "tag_bias", "policies",
+                             "fitted_on"}, path
         profile = Profile.from_json(path.stem, data)
         assert calibration.is_finite(profile) and 0 < profile.threshold <= 1, path
         # Aggregate figures only: nothing in a profile may name a README.
