@@ -15,7 +15,7 @@ from tagger.backends import BACKENDS, configured_model, create_tagger
 from tagger.calibration import PRIOR_ALPHA, Example, fit_report, format_calibration
 from tagger.embeddings import SignalEmbedder
 from tagger.engine import TaggingEngine, profile_label
-from tagger.evaluation import curve, format_report, load_gold, predict, score, write_curve_plot
+from tagger.evaluation import curve, format_report, load_gold, policy_figures, predict, score, write_curve_plot
 from tagger.keywords import synonyms_by_name
 from tagger.scoring import FEATURES, POLICIES, PROFILES_DIR, Profile, Scorer, profile_name
 from tagger.settings import Settings
@@ -73,14 +73,12 @@ def evaluate(gold_file: Path, backend: str | None, model: str | None, limit: int
     report = score(rows, predictions, errors=len(failures), seconds=seconds)
     profile = engine.scorer.profile if engine.scorer else None
     if profile is not None:
-        marks = dict(profile.policies) or {"profile": profile.threshold}
-        if profile.policy == "custom":
-            marks["custom"] = profile.threshold
-        report["policies"] = {k: round(v, 4) for k, v in marks.items()}
-        report["curve"] = curve(rows, ranked, profile.ratio, marks.values())
+        report["policies"] = policy_figures(rows, ranked, profile)
+        report["curve"] = curve(rows, ranked, profile.ratio, [p["threshold"] for p in report["policies"].values()])
         if plot_file is not None:
-            write_curve_plot(report["curve"], marks, plot_file,
-                             f"{profile_label(profile)} on {gold_file.name} ({len(rows)} READMEs)")
+            write_curve_plot(report["curve"], report["policies"], plot_file,
+                             f"{profile_label(profile)} on {gold_file.name} ({len(rows)} READMEs), ratio "
+                             f"{profile.ratio:.2f}")
     elif plot_file is not None:
         raise click.UsageError("--plot needs a scored backend (its tags have scores to cut at a threshold)")
     report["load_s"] = round(load_s, 3)
@@ -186,6 +184,7 @@ def calibrate(gold_file: Path, backend: str | None, model: str | None, folds: in
         "seconds": round(seconds, 1), "readmes_per_s": round(len(examples) / seconds, 3) if seconds else None,
         "fits": {key: {**fit[1], "weights": fit[0].to_json()["weights"], "bias": round(fit[0].bias, 4),
                        "threshold": round(fit[0].threshold, 4)} for key, fit in results.items()},
+        "sources": results[chosen][1]["sources"], "prior_alpha": PRIOR_ALPHA,
         "chosen": chosen, "profile": name, "profile_version": profile.version,
     }
     destination = (out_dir or settings.profiles_dir or PROFILES_DIR) / f"{name}.json"

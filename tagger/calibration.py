@@ -3,8 +3,8 @@
 The fit: a logistic regression of "this tag is gold" on the signals of every (README, tag) pair
 (L2-regularised, Newton's method; pure Python: a few signals, ~90 pairs per README); optionally a
 per-tag offset shrunk towards 0 (:func:`tag_offsets`); then, on the same READMEs, the ratio to the
-best tag's p and one threshold per policy (precise, balanced, recall: the F-beta-best cut for
-beta 0.5, 1 and 2) for the second and third tags.
+best tag's p and one threshold per policy (precise, balanced, recall: POLICY_OBJECTIVES) for the
+second and third tags.
 
 The estimate: cross-validation, two ways. k-fold: the READMEs are split into folds first (a seeded
 shuffle). Leave-one-source-out: each source of labels (an awesome list) is held out in turn, so the
@@ -37,9 +37,10 @@ from tagger.scoring import (
 # separates the training pairs perfectly, and small signals from taking noise. Fixed, not tuned.
 L2_PER_README = 0.01
 NEWTON_STEPS = 50
-# Shrinkage of the per-tag offsets (tag_offsets), in READMEs' worth of evidence; None: no offsets.
-# Set from the leave-source-out comparison in docs/quality.md.
-PRIOR_ALPHA: float | None = None
+# Shrinkage of the per-tag offsets (tag_offsets), in READMEs' worth of evidence (None: no offsets).
+# 10: what an inner 5-fold CV over {none, 5, 10, 20} picks on all 163 dev READMEs; the nested
+# leave-source-out estimate of that choice is in docs/quality.md.
+PRIOR_ALPHA: float | None = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,6 @@ def micro_f1(predictions: Sequence[Sequence[str]], examples: Sequence[Example]) 
 
 # Shares of the best tag's p that a second or third tag must also reach, tried by the fit (0: off).
 RATIOS: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
-# Each policy is the threshold maximising an objective on the training READMEs (see POLICY_OBJECTIVES).
-POLICY_BETA: dict[str, float] = {"precise": 0.5, "balanced": 1.0, "recall": 2.0}
 TOP_ONLY = 1.0 + 1e-9  # a threshold no p reaches: the best tag alone
 
 
@@ -189,10 +188,13 @@ def fit_threshold(ranked: Sequence[Sequence[tuple[str, float]]], examples: Seque
     return best_cut(sweep(ranked, examples), 1.0).threshold
 
 
-# precise: F0.5 (precision weighs double); recall: F2; balanced: F1. The three classic points of the
-# curve, fixed before measuring (docs/quality.md compares other objectives, chosen by leave-source-out CV).
+# precise: F0.5 (precision weighs double); recall: F2; balanced: the mean of F1 and the hit rate (a
+# right tag for as many READMEs as possible, most tags right: max F1 alone keeps ~1.3 tags and misses
+# the hit rate). docs/quality.md compares the objectives tried, by k-fold and leave-source-out CV.
 POLICY_OBJECTIVES: dict[str, Callable[[Cut], float]] = {
-    policy: (lambda beta: lambda cut: cut.f_beta(beta))(beta) for policy, beta in POLICY_BETA.items()
+    "precise": lambda cut: cut.f_beta(0.5),
+    "balanced": lambda cut: (cut.f_beta(1.0) + cut.hit_rate) / 2,
+    "recall": lambda cut: cut.f_beta(2.0),
 }
 
 
@@ -202,13 +204,17 @@ def policy_objective(policy: str) -> Callable[[Cut], float]:
 
 
 def fit_cuts(ranked: Sequence[Sequence[tuple[str, float]]], examples: Sequence[Example],
-             ratios: Sequence[float] = RATIOS) -> tuple[float, dict[str, float]]:
-    """The ratio that gives the best balanced cut, then each policy's threshold at that ratio."""
-    balanced = policy_objective(DEFAULT_POLICY)
+             ratios: Sequence[float] = RATIOS) -> dict[str, tuple[float, float]]:
+    """Each policy's (threshold, ratio): the cut of the best objective over every ratio tried (a ratio
+    that helps F1 would cap what ``recall`` may keep, so each policy has its own)."""
     curves = {r: sweep(ranked, examples, r) for r in ratios}
-    # Ties go to the smallest ratio (the simpler rule).
-    ratio = max(ratios, key=lambda r: (round(balanced(best_by(curves[r], balanced)), 12), -r))
-    return ratio, {policy: best_by(curves[ratio], policy_objective(policy)).threshold for policy in POLICIES}
+    points: dict[str, tuple[float, float]] = {}
+    for policy in POLICIES:
+        objective = policy_objective(policy)
+        # Ties go to the smallest ratio (the simpler rule).
+        ratio = max(ratios, key=lambda r: (round(objective(best_by(curves[r], objective)), 12), -r))
+        points[policy] = (best_by(curves[ratio], objective).threshold, ratio)
+    return points
 
 
 # --- per-tag offsets -----------------------------------------------------------------------------------
@@ -246,8 +252,10 @@ def fit_profile(
     draft = Profile(name, dict(zip(features, weights, strict=True)), bias, TOP_ONLY, judge_k)
     if prior_alpha is not None:
         draft = replace(draft, tag_bias=tag_offsets(draft, examples, names, prior_alpha))
-    ratio, policies = fit_cuts([_ranked(draft, e, names) for e in examples], examples, ratios)
-    return replace(draft, threshold=policies[DEFAULT_POLICY], ratio=ratio, policies=policies)
+    points = fit_cuts([_ranked(draft, e, names) for e in examples], examples, ratios)
+    threshold, ratio = points[DEFAULT_POLICY]
+    return replace(draft, threshold=threshold, ratio=ratio, policies={p: t for p, (t, _) in points.items()},
+                   policy_ratios={p: r for p, (_, r) in points.items()})
 
 
 def _ranked(profile: Profile, example: Example, names: Sequence[str]) -> list[tuple[str, float]]:
@@ -346,6 +354,7 @@ def fit_report(
         at = profile.with_policy(policy)
         entry: dict[str, Any] = {
             "threshold": round(at.threshold, 4),
+            "ratio": round(at.ratio, 4),
             "in_sample": metrics(out_of_fold(in_sample_ranked, [profile], everything, policy), examples),
             "cross_validated": metrics(out_of_fold(*kfold, k_splits, policy), examples),
         }
@@ -356,7 +365,7 @@ def fit_report(
     summary: dict[str, Any] = {
         "readmes": len(examples), "folds": k, "seed": seed, "sources": len(s_splits),
         "prior_alpha": prior_alpha, "ratio": round(profile.ratio, 4),
-        **{key: value for key, value in policies[DEFAULT_POLICY].items() if key != "threshold"},
+        **{key: value for key, value in policies[DEFAULT_POLICY].items() if key not in ("threshold", "ratio")},
         "policies": policies,
         "fold_weight_range": {
             f: [round(min(p.weight(f) for p in fold_profiles), 3), round(max(p.weight(f) for p in fold_profiles), 3)]
@@ -397,8 +406,8 @@ def format_calibration(summary: dict[str, Any]) -> list[str]:
     for key, fit in summary["fits"].items():
         weights = "  ".join(f"{f}={w:+.2f}" for f, w in fit["weights"].items() if w)
         ranges = "  ".join(f"{f}:{lo:+.2f}..{hi:+.2f}" for f, (lo, hi) in fit["fold_weight_range"].items())
-        thresholds = "  ".join(f"{p}={e['threshold']:.3f}" for p, e in fit["policies"].items())
-        lines.append(f"{key}: {weights}  bias={fit['bias']:+.2f}  ratio={fit['ratio']:.2f}  thresholds: {thresholds}")
+        cuts = "  ".join(f"{p}={e['threshold']:.3f}/{e['ratio']:.2f}" for p, e in fit["policies"].items())
+        lines.append(f"{key}: {weights}  bias={fit['bias']:+.2f}  threshold/ratio: {cuts}")
         lines.append(f"  across folds: {ranges}  threshold:{fit['fold_threshold_range'][0]:.3f}.."
                      f"{fit['fold_threshold_range'][1]:.3f}")
     lines.append("")

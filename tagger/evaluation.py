@@ -14,7 +14,7 @@ from typing import Any
 
 from tagger.engine import Tagged, TaggingEngine
 from tagger.errors import ConfigError, InputError
-from tagger.scoring import keep
+from tagger.scoring import Profile, keep
 from tagger.taxonomy import Taxonomy
 
 TOP_ERRORS = 10
@@ -203,19 +203,34 @@ def curve(rows: Sequence[GoldRow], ranked: Sequence[Sequence[tuple[str, float]]]
     return points
 
 
-def format_curve(points: Sequence[dict[str, float]], marks: dict[str, float]) -> Iterable[str]:
-    """The curve as a table, the policies' thresholds marked."""
-    by_threshold: dict[float, list[str]] = {}
-    for policy, threshold in marks.items():
-        by_threshold.setdefault(round(threshold, 4), []).append(policy)
-    yield f"  {'threshold':>9} " + " ".join(f"{k:>12}" for k in CURVE_KEYS) + "  policy"
+def policy_figures(rows: Sequence[GoldRow], ranked: Sequence[Sequence[tuple[str, float]]], profile: Profile
+                   ) -> dict[str, dict[str, float]]:
+    """Each policy of ``profile`` (and the threshold applied, when it is the operator's own): its
+    threshold, ratio and figures on these READMEs."""
+    points = {p: profile.policy_point(p) for p in profile.policies} or {"profile": (profile.threshold, profile.ratio)}
+    if profile.policy == "custom":
+        points["custom"] = (profile.threshold, profile.ratio)
+    figures = {}
+    for policy, (threshold, ratio) in points.items():
+        found = score(rows, [[n for n, _ in keep(tags, threshold, ratio)] for tags in ranked])
+        figures[policy] = {"threshold": round(threshold, 4), "ratio": round(ratio, 4),
+                           **{k: found[k] for k in CURVE_KEYS}}
+    return figures
+
+
+def format_curve(points: Sequence[dict[str, float]], policies: dict[str, dict[str, float]]) -> Iterable[str]:
+    """The curve as a table, then each policy's own point."""
+    yield f"  {'threshold':>9} " + " ".join(f"{k:>12}" for k in CURVE_KEYS)
     for point in points:
-        yield (f"  {point['threshold']:>9.3f} " + " ".join(f"{point[k]:>12.3f}" for k in CURVE_KEYS)
-               + "  " + ", ".join(by_threshold.get(point["threshold"], [])))
+        yield f"  {point['threshold']:>9.3f} " + " ".join(f"{point[k]:>12.3f}" for k in CURVE_KEYS)
+    for policy, point in policies.items():
+        yield (f"  {policy:<9} " + " ".join(f"{point[k]:>12.3f}" for k in CURVE_KEYS)
+               + f"  (threshold {point['threshold']:.3f}, ratio {point['ratio']:.2f})")
 
 
-def write_curve_plot(points: Sequence[dict[str, float]], marks: dict[str, float], path: Path, title: str = "") -> None:
-    """Precision, recall and F1 against the threshold, the policies marked, as a PNG at ``path``."""
+def write_curve_plot(points: Sequence[dict[str, float]], policies: dict[str, dict[str, float]], path: Path,
+                     title: str = "") -> None:
+    """Precision, recall and F1 against the threshold, each policy's own point marked, as a PNG."""
     try:
         import matplotlib
 
@@ -226,12 +241,18 @@ def write_curve_plot(points: Sequence[dict[str, float]], marks: dict[str, float]
     xs = [p["threshold"] for p in points]
     figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
     try:
+        colours = {"precision": "tab:blue", "recall": "tab:orange", "f1": "tab:green"}
         for key, style in (("precision", "-"), ("recall", "--"), ("f1", "-.")):
-            axes.plot(xs, [p[key] for p in points], style, linewidth=2, label=key if key != "f1" else "F1")
-        for policy, threshold in sorted(marks.items(), key=lambda kv: kv[1]):
-            axes.axvline(threshold, color="grey", linestyle=":", linewidth=1)
-            axes.annotate(f"{policy}\n{threshold:.2f}", (threshold, 0.02), rotation=0, fontsize=9,
-                          ha="left", va="bottom", xytext=(3, 0), textcoords="offset points")
+            axes.plot(xs, [p[key] for p in points], style, color=colours[key], linewidth=2,
+                      label=key if key != "f1" else "F1")
+        # A policy's own point: on the lines where its ratio is the curve's, beside them where not.
+        for n, (policy, point) in enumerate(sorted(policies.items(), key=lambda kv: kv[1]["threshold"])):
+            x = min(point["threshold"], 1.0)
+            axes.axvline(x, color="grey", linestyle=":", linewidth=1)
+            for key in colours:
+                axes.plot([x], [point[key]], "o", color=colours[key], markersize=6)
+            axes.annotate(f"{policy}\nt={point['threshold']:.2f} r={point['ratio']:.1f}", (x, 0.03 + 0.1 * (n % 3)),
+                          fontsize=8, ha="left", va="bottom", xytext=(3, 0), textcoords="offset points")
         axes.set_xlim(0, 1)
         axes.set_ylim(0, 1)
         axes.set_xlabel("threshold for the 2nd and 3rd tag (TAGGER_TAG_THRESHOLD)")
@@ -278,5 +299,5 @@ def format_report(report: dict[str, Any]) -> Iterable[str]:
     points = report.get("curve") or []
     if points:
         yield ""
-        yield "precision/recall curve (TAGGER_TAG_THRESHOLD; the policies marked)"
+        yield "precision/recall curve (TAGGER_TAG_THRESHOLD, at the applied ratio), then each policy's own point"
         yield from format_curve(points, report.get("policies") or {})

@@ -71,6 +71,7 @@ class Profile:
     tag_bias: Mapping[str, float] = field(default_factory=dict)  # per-tag offsets of the logit (shrunk)
     policies: Mapping[str, float] = field(default_factory=dict)  # a threshold per policy
     policy: str = ""  # the policy applied ("custom" for TAGGER_TAG_THRESHOLD); "" for none
+    policy_ratios: Mapping[str, float] = field(default_factory=dict)  # a ratio per policy (default: ratio)
 
     def weight(self, feature: str) -> float:
         return float(self.weights.get(feature, 0.0))
@@ -87,7 +88,12 @@ class Profile:
             return self
         if policy not in self.policies:
             raise ConfigError(f"profile {self.name!r} has no threshold for policy {policy!r}")
-        return replace(self, threshold=float(self.policies[policy]), policy=policy)
+        return replace(self, threshold=float(self.policies[policy]),
+                       ratio=float(self.policy_ratios.get(policy, self.ratio)), policy=policy)
+
+    def policy_point(self, policy: str) -> tuple[float, float]:
+        """A policy's (threshold, ratio) in this profile."""
+        return float(self.policies.get(policy, self.threshold)), float(self.policy_ratios.get(policy, self.ratio))
 
     @property
     def uses_embeddings(self) -> bool:
@@ -124,7 +130,10 @@ class Profile:
         if self.tag_bias:
             data["tag_bias"] = {t: round(v, 6) for t, v in sorted(self.tag_bias.items())}
         if self.policies:
-            data["policies"] = {p: round(self.policies[p], 6) for p in POLICIES if p in self.policies}
+            data["policies"] = {
+                p: {"threshold": round(self.policies[p], 6), "ratio": round(self.policy_ratios.get(p, self.ratio), 6)}
+                for p in POLICIES if p in self.policies
+            }
         data["fitted_on"] = dict(self.fitted_on)
         return data
 
@@ -135,12 +144,15 @@ class Profile:
             unknown = set(weights) - set(FEATURES)
             if unknown:
                 raise ValueError(f"unknown signals {sorted(unknown)}")
-            policies = {str(k): float(v) for k, v in dict(data.get("policies") or {}).items()}
-            if set(policies) - set(POLICIES):
-                raise ValueError(f"unknown policies {sorted(set(policies) - set(POLICIES))}")
+            points = {str(k): dict(v) for k, v in dict(data.get("policies") or {}).items()}
+            if set(points) - set(POLICIES):
+                raise ValueError(f"unknown policies {sorted(set(points) - set(POLICIES))}")
+            ratio = float(data.get("ratio", 0.0))
             return cls(name, weights, float(data["bias"]), float(data["threshold"]), int(data.get("judge_k", 8)),
-                       dict(data.get("fitted_on") or {}), float(data.get("ratio", 0.0)),
-                       {str(k): float(v) for k, v in dict(data.get("tag_bias") or {}).items()}, policies)
+                       dict(data.get("fitted_on") or {}), ratio,
+                       {str(k): float(v) for k, v in dict(data.get("tag_bias") or {}).items()},
+                       {k: float(v["threshold"]) for k, v in points.items()}, "",
+                       {k: float(v.get("ratio", ratio)) for k, v in points.items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"profile {name!r} is malformed: {exc}") from exc
 

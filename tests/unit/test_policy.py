@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tagger import calibration
 from tagger.backends.keyword import KeywordTagger
 from tagger.calibration import (
     TOP_ONLY,
@@ -26,7 +27,7 @@ from tagger.calibration import (
 )
 from tagger.engine import TaggingEngine, configured_profile, configured_prompt_version
 from tagger.errors import ConfigError
-from tagger.evaluation import GoldRow, curve, load_gold, source_of, write_curve_plot
+from tagger.evaluation import GoldRow, curve, load_gold, policy_figures, source_of, write_curve_plot
 from tagger.scoring import POLICIES, Profile, Signals, choose, keep
 from tagger.settings import Settings, load_settings
 from tagger.taxonomy import Taxonomy
@@ -36,7 +37,8 @@ from tests.unit.test_scoring import NAMES, _synthetic
 
 TAXONOMY = Taxonomy.load()
 POLICIED = Profile("kw", {"kw_lead": 4.0, "kw_body": 2.0, "name": 1.0}, -3.0, 0.3, ratio=0.25,
-                   policies={"precise": 0.6, "balanced": 0.3, "recall": 0.1})
+                   policies={"precise": 0.6, "balanced": 0.3, "recall": 0.1},
+                   policy_ratios={"precise": 0.25, "balanced": 0.25, "recall": 0.0})
 
 
 def _example(gold: set[str], source: str = "") -> Example:
@@ -79,11 +81,15 @@ def test_policies_are_points_of_one_curve_precise_above_balanced_above_recall() 
 def test_calibration_stores_one_threshold_per_policy_in_order() -> None:
     examples = _synthetic(120)
     profile = fit_profile(examples, NAMES, ["kw_lead", "kw_body", "emb"])
-    assert set(profile.policies) == set(POLICIES)
-    assert profile.policies["precise"] >= profile.policies["balanced"] >= profile.policies["recall"]
-    assert profile.threshold == profile.policies["balanced"] and 0 <= profile.ratio < 1
-    ratio, cuts = fit_cuts([[("alpha", 0.9), ("beta", 0.2)]], [_example({"alpha"})], ratios=(0.0, 0.5))
-    assert ratio == 0.0 and cuts["balanced"] == TOP_ONLY  # a wrong second tag is never worth keeping
+    assert set(profile.policies) == set(profile.policy_ratios) == set(POLICIES)
+    kept = {p: sum(len(keep(calibration._ranked(profile.with_policy(p), e, NAMES), profile.with_policy(p).threshold,
+                            profile.with_policy(p).ratio)) for e in examples) for p in POLICIES}
+    assert kept["precise"] <= kept["balanced"] <= kept["recall"]
+    assert (profile.threshold, profile.ratio) == profile.policy_point("balanced") and 0 <= profile.ratio < 1
+    cuts = fit_cuts([[("alpha", 0.9), ("beta", 0.2)]], [_example({"alpha"})], ratios=(0.0, 0.5))
+    assert cuts["balanced"] == (TOP_ONLY, 0.0)  # a wrong second tag is never worth keeping
+    again = Profile.from_json("again", json.loads(json.dumps(profile.to_json())))
+    assert again.policy_point("recall") == pytest.approx(profile.policy_point("recall"), abs=1e-6)
 
 
 def test_per_tag_offsets_shrink_towards_the_global_bias() -> None:
@@ -101,9 +107,10 @@ def test_per_tag_offsets_shrink_towards_the_global_bias() -> None:
 
 def test_the_policy_picks_the_profiles_threshold_and_the_setting_overrides_it() -> None:
     assert POLICIED.with_policy("precise").threshold == 0.6
+    assert POLICIED.with_policy("recall").ratio == 0.0 and POLICIED.with_policy("balanced").ratio == 0.25
     assert POLICIED.with_policy().threshold == 0.3 and POLICIED.with_policy().policy == "balanced"
     own = POLICIED.with_policy("precise", 0.45)
-    assert (own.threshold, own.policy) == (0.45, "custom")
+    assert (own.threshold, own.ratio, own.policy) == (0.45, 0.25, "custom")  # the balanced ratio
     with pytest.raises(ConfigError):
         POLICIED.with_policy("greedy")
     # A profile from before policies keeps its one threshold and its version under every policy.
@@ -160,8 +167,6 @@ def test_leave_one_source_out_holds_out_each_source_whole() -> None:
 def test_leave_source_out_never_fits_on_the_source_it_tags(monkeypatch: pytest.MonkeyPatch) -> None:
     examples = [Example(e.signals, e.gold, e.primary, f"list-{i % 4}") for i, e in enumerate(_synthetic(40))]
     seen: list[set[str]] = []
-    import tagger.calibration as calibration
-
     real = calibration.fit_profile
 
     def spy(training, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -209,7 +214,9 @@ def test_the_curve_runs_from_three_tags_to_one() -> None:
 def test_the_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "out" / "curve.png"
-    write_curve_plot(curve(ROWS, RANKED, 0.0), {"precise": 0.6, "balanced": 0.3, "recall": 0.1}, path, "test")
+    policies = policy_figures(ROWS, RANKED, POLICIED)
+    assert set(policies) == set(POLICIES) and policies["precise"]["mean_tags"] == 1.0
+    write_curve_plot(curve(ROWS, RANKED, 0.0), policies, path, "test")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
     assert b"IEND" in data[-16:]
@@ -232,7 +239,9 @@ def test_eval_prints_the_curve_and_keeps_its_json_keys(tmp_path: Path) -> None:
     report = json.loads(run_cli(env, "eval", "--gold", str(gold), "--json").stdout)
     assert {"n", "precision", "recall", "f1", "hit_rate", "primary_at_3", "mean_tags", "errors", "most_missed",
             "most_wrong", "per_tag", "confusions", "seconds", "repos_per_s", "load_s", "config"} <= set(report)
-    assert report["policies"] == {"precise": 0.6, "balanced": 0.3, "recall": 0.1}
+    assert {p: v["threshold"] for p, v in report["policies"].items()} == {"precise": 0.6, "balanced": 0.3,
+                                                                         "recall": 0.1}
+    assert {"precision", "recall", "f1", "hit_rate", "ratio"} <= set(report["policies"]["recall"])
     assert report["config"]["policy"] == "balanced" and report["config"]["threshold"] == 0.3
     assert [p["threshold"] for p in report["curve"]][:2] == [0.0, 0.05]
     precise = json.loads(run_cli(env, "eval", "--gold", str(gold), "--json", "--policy", "precise").stdout)
