@@ -37,7 +37,8 @@ from tagger.taxonomy import Taxonomy
 @click.option("--scoring", type=click.Choice(["auto", "on", "off"]),
               help="Scoring with the backend's calibration profile; off: the backend's answer as is "
               "[default: TAGGER_SCORING].")
-@click.option("--policy", type=click.Choice(POLICIES), help="Tag policy of a scored backend [default: TAGGER_TAG_POLICY].")
+@click.option("--policy", type=click.Choice(POLICIES),
+              help="Tag policy of a scored backend [default: TAGGER_TAG_POLICY].")
 @click.option("--threshold", type=click.FloatRange(0, 1),
               help="Your own threshold instead of the policy's [default: TAGGER_TAG_THRESHOLD].")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),

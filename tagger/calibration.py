@@ -382,7 +382,8 @@ def is_finite(profile: Profile) -> bool:
 
 
 _METRICS = ("f1", "precision", "recall", "hit_rate", "primary_at_3", "mean_tags")
-_FIGURES = (("in_sample", "in-sample"), ("cross_validated", "{folds}-fold CV"), ("leave_source_out", "leave-source-out"))
+_FIGURES = (("in_sample", "in-sample"), ("cross_validated", "{folds}-fold CV"),
+            ("leave_source_out", "leave-source-out"))
 
 
 def format_calibration(summary: dict[str, Any]) -> list[str]:

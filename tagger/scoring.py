@@ -10,7 +10,8 @@ Signals (each a number per tag, computed for every tag of the taxonomy):
 - ``emb_gap``: the same minus the README's best similarity: how far a tag is from the nearest one.
 - ``cli_usage``: for the ``cli`` tag only, how much the README *shows* a command-line program (installed
   as one, its own name run from a shell, ``--help``, flags: tagger/structure.py), read from the raw
-  Markdown; 0 for every other tag.
+  Markdown; 0 for every other tag. ``lib_cue``, ``framework_cue``, ``web_app_cue`` and ``learning_cue``
+  do the same for ``lib``, ``framework``, ``web-app`` and ``learning-resource``.
 - ``judge``: the backend's own answer (the LLM's choice among the best candidates), 1 for its first
   tag, 1/2 and 1/3 for the next; 0 for tags it did not choose.
 
@@ -40,10 +41,11 @@ from typing import Any, Protocol
 from tagger.errors import ConfigError
 from tagger.files import atomic_write
 from tagger.keywords import count_mentions
-from tagger.structure import CUE_TAG, cli_cue
+from tagger.structure import CUE_TAG, FORM_CUES, form_cues
 
 MAX_TAGS = 3
-FEATURES: tuple[str, ...] = ("kw_lead", "kw_body", "name", "emb", "emb_gap", "cli_usage", "judge")
+FEATURES: tuple[str, ...] = ("kw_lead", "kw_body", "name", "emb", "emb_gap", "cli_usage", "lib_cue", "framework_cue",
+                             "web_app_cue", "learning_cue", "judge")
 EMBEDDING_FEATURES = frozenset({"emb", "emb_gap"})
 PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 # The README head the signals read: more than an LLM prompt holds (mentions further down still count,
@@ -239,9 +241,11 @@ def keyword_signals(text: str, repo_name: str, names: Sequence[str]) -> dict[str
 
 
 def structure_signals(readme: str, repo_name: str, names: Sequence[str]) -> dict[str, list[float]]:
-    """``cli_usage`` for every tag of ``names``: the CLI cue of a raw README at ``cli``, 0 elsewhere."""
-    cue = cli_cue(readme, repo_name)
-    return {"cli_usage": [cue if n == CUE_TAG else 0.0 for n in names]}
+    """The form cues for every tag of ``names``: ``cli_usage`` is the CLI cue of a raw README at ``cli``
+    and 0 elsewhere; ``lib_cue`` the same at ``lib``, and so on (tagger/structure.py)."""
+    cues = form_cues(readme, repo_name)
+    tag_of = {"cli_usage": CUE_TAG, **{signal: tag for tag, signal in FORM_CUES.items()}}
+    return {signal: [value if n == tag_of[signal] else 0.0 for n in names] for signal, value in cues.items()}
 
 
 def judge_signal(names: Sequence[str], chosen: Sequence[str]) -> list[float]:

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from tagger.scoring import Profile, Scorer, structure_signals
-from tagger.structure import cli_cue, code_of, program_names, runs_own_program
+from tagger.structure import (
+    CUE_FUNCTIONS,
+    FORM_CUES,
+    cli_cue,
+    code_of,
+    framework_cue,
+    learning_cue,
+    lib_cue,
+    program_names,
+    runs_own_program,
+    web_app_cue,
+)
 from tagger.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.load()
@@ -81,3 +92,62 @@ def test_the_scorer_reads_the_raw_readme_when_given() -> None:
     assert with_raw.values["cli_usage"][TAXONOMY.names.index("cli")] > 0.9
     assert scorer.choose(with_raw)[0][0] == "cli"
     assert "cli" not in dict(scorer.choose(without))
+
+
+# --- the other form-defined tags -----------------------------------------------------------------------
+
+WEB_APP_README = """# pinboard
+
+A self-hosted bookmark manager with a web interface.
+
+![screenshot](docs/shot.png)
+
+```sh
+docker run -p 8080:80 someone/pinboard
+```
+
+Then open your browser at localhost:8080 and log in.
+"""
+
+LEARNING_README = """# learn-go
+
+Free tutorials, courses and books to learn Go.
+
+- [A Tour of Go](https://go.dev/tour) - interactive lessons
+- [Go by Example](https://gobyexample.com) - examples
+- [The Go Book](https://example.com/book) - a book
+- [Exercises](https://example.com/ex) - exercises
+"""
+
+FRAMEWORK_README = """# webby
+
+A web framework with routing, middleware and plugins.
+
+```js
+app.get("/", handler)
+app.use(logger())
+```
+"""
+
+
+def test_each_form_cue_reads_its_own_kind_of_readme() -> None:
+    readmes = {"lib": (LIBRARY_README, "someone/fancylib"), "web-app": (WEB_APP_README, "someone/pinboard"),
+               "learning-resource": (LEARNING_README, "someone/learn-go"),
+               "framework": (FRAMEWORK_README, "someone/webby")}
+    for tag, (readme, name) in readmes.items():
+        own = CUE_FUNCTIONS[tag](readme, name)
+        others = [CUE_FUNCTIONS[tag](r, n) for t, (r, n) in readmes.items() if t != tag]
+        assert own > max(others) and own > 0.25, tag
+    assert lib_cue(CLI_README, "someone/fancy-cli") < 0.1  # run as a program, not imported
+    assert all(fn(PROSE_README) < 0.3 for fn in CUE_FUNCTIONS.values())
+    assert learning_cue("") == 0.0
+
+
+def test_form_cues_land_on_their_own_tag_only() -> None:
+    values = structure_signals(WEB_APP_README, "someone/pinboard", TAXONOMY.names)
+    assert set(values) == {"cli_usage", *FORM_CUES.values()}
+    for tag, signal in FORM_CUES.items():
+        index = TAXONOMY.names.index(tag)
+        assert all(v == 0.0 for i, v in enumerate(values[signal]) if i != index)
+    assert values["web_app_cue"][TAXONOMY.names.index("web-app")] == web_app_cue(WEB_APP_README)
+    assert framework_cue(FRAMEWORK_README) > 0.5
