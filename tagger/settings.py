@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     )
     shortlist_k: int = Field(8, ge=1, le=1000, description="Candidate tags kept by the shortlist.")
     tag_policy: Literal["precise", "balanced", "recall"] = Field(
-        "balanced", description="Scored backends: fewer, surer tags (precise: tags shown publicly), the best F1 "
-        "(balanced), or more tags (recall: a search index); each a calibrated threshold of the profile "
+        "balanced", description="Scored backends: fewer, surer tags (precise: tags shown publicly), a right tag for "
+        "most repos with most tags right (balanced), or more tags (recall: a search index); each a calibrated cut "
         "(docs/quality.md). Results record it: a change makes them stale."
     )
     tag_threshold: float | None = Field(
