@@ -261,6 +261,6 @@ class TaggingEngine:
             outcomes.append(Tagged(
                 tags, raw, latency_ms, answer.prompt_tokens if answer else 0,
                 answer.evaluated_tokens if answer else 0, tuple(round(p, 4) for _, p in chosen),
-                tuple((n, round(p, 4)) for n, p in ranked),
+                tuple(ranked),  # unrounded: the curve must cut where the engine cuts
             ))
         return outcomes
