@@ -161,12 +161,14 @@ COMMANDS: dict[str, LazyCommand] = {
          '"tags": [{"id", "name"}, ...]}; tags pinned by hand add "source": "manual".'),
         ("flower", "cli.ops:flower", "Serve Celery's Flower (workers, tasks; Prometheus metrics at /metrics), "
          "behind basic auth."),
+        ("health", "cli.ops:health", "Can the pipeline work: the database, the broker, and at least one worker "
+         "answering a ping."),
         ("history", "cli.runs:history_", "A repo's tags over time, newest first: the live version, then each one it "
          "replaced."),
         ("import", "cli.pipeline:import_", 'Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}; '
          "`-` reads standard input."),
-        ("metrics", "cli.ops:metrics", "Serve Prometheus metrics at /metrics: queue depth, repos by job state, dead "
-         "letters, tag rate."),
+        ("metrics", "cli.ops:metrics", "Serve the pipeline's state to Prometheus: /metrics, and /healthz "
+         "(database and broker)."),
         ("promote", "cli.runs:promote", "Write a canary's results to live (pinned repos excepted)."),
         ("review", "cli.pipeline:review", "The least confident results first: the repos whose tags most deserve a "
          "human look."),

@@ -9,9 +9,33 @@ from db.engine import transaction
 from db.taxonomy import current_taxonomy_version
 from producer.runs import canary_settings, check_canary_worker, find_run
 from tagger.backends import check_backend, configured_model
-from tagger.errors import ConfigError
+from tagger.errors import ConfigError, InputError
+from tagger.metrics_http import MetricsServer, serve_metrics
+from tagger.settings import Settings
+from workers.metrics import WorkerMetrics
 from workers.runtime import Runtime
 from workers.tasks import create_worker_app
+
+
+def start_worker_metrics(settings: Settings, pool: str) -> tuple[WorkerMetrics, MetricsServer | None]:
+    """This worker's counters, served on TAGGER_WORKER_METRICS_PORT when it is set; bound before the
+    model loads, so a port taken fails in a second, not after a minute of loading."""
+    metrics = WorkerMetrics()
+    port = settings.worker_metrics_port
+    if not port:
+        return metrics, None
+    if pool == "prefork":
+        raise ConfigError("TAGGER_WORKER_METRICS_PORT needs the threads or solo pool: a prefork pool's children "
+                          "count apart from the process that would serve them")
+    try:
+        server = serve_metrics(settings.worker_metrics_address, port, metrics.registry,
+                               lambda: (True, {"process": "worker"}))
+    except OSError as exc:
+        raise InputError(f"cannot serve worker metrics on {settings.worker_metrics_address}:{port}: "
+                         f"{exc.strerror or exc}: set TAGGER_WORKER_METRICS_PORT to a free port (each worker on a "
+                         "host needs its own), or 0 for none") from exc
+    click.echo(f"worker metrics on http://{settings.worker_metrics_address}:{server.port}/metrics", err=True)
+    return metrics, server
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -37,6 +61,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | 
     model works on the current one. Extra arguments go to `celery worker`.
     """
     settings = settings_with()
+    metrics, _server = start_worker_metrics(settings, pool)
     if canary_run is not None:
         if pool == "prefork":
             raise click.UsageError("--canary runs with the threads or solo pool")
@@ -44,7 +69,7 @@ def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | 
         settings = canary_settings(settings, canary_run)
         runtime = Runtime.start(settings)
         check_canary_worker(run.run, runtime.configuration)
-        app = create_worker_app(settings, runtime, canary_run=canary_run)
+        app = create_worker_app(settings, runtime, canary_run=canary_run, metrics=metrics)
     elif pool == "prefork":
         # Each child loads its own model after the fork; the parent only checks that it could.
         configured_model(settings)
@@ -52,11 +77,11 @@ def worker(pool: str, concurrency: int, hostname: str | None, canary_run: int | 
         with transaction(settings.database_url) as conn:
             if current_taxonomy_version(conn) is None:
                 raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
-        app = create_worker_app(settings)
+        app = create_worker_app(settings, metrics=metrics)
     else:
         # The model loads before the first message is taken: a worker that cannot work exits here.
         runtime = Runtime.start(settings)
-        app = create_worker_app(settings, runtime)
+        app = create_worker_app(settings, runtime, metrics=metrics)
     argv = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", settings.queue,
             "--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
     if hostname:

@@ -197,6 +197,8 @@ runs = Table(
     Column("selection", Text, nullable=False),
     # Repos sent so far; the rest of a run's counts are read off jobs, results and shadow_results.
     Column("enqueued", Integer, server_default="0", nullable=False),
+    # When its producer finished sending (None: still sending, or killed while it was).
+    Column("sent_at", Timestamp, nullable=True),
     Column("promoted_at", Timestamp, nullable=True),
     Column("rolled_back_at", Timestamp, nullable=True),
     CheckConstraint("kind IN ('live', 'canary')", name="kind"),

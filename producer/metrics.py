@@ -1,61 +1,88 @@
-"""Our own Prometheus metrics: what Flower cannot know (queue depth, job states, dead letters, rate).
+"""The exporter's metrics (`tagger metrics`): the state of the whole pipeline, read from PostgreSQL and
+Redis at each scrape, and the workers that answer a ping. What the workers did (counters, histograms)
+each worker serves itself (workers/metrics.py); rates are PromQL's job, not ours.
 
-Every scrape queries PostgreSQL and Redis afresh (a few COUNTs): nothing is cached, nothing drifts,
-and the endpoint needs no state of its own.
+Every scrape queries afresh: nothing is cached, nothing drifts, and the exporter keeps no state, so any
+number of them may run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from db.engine import transaction
-from db.jobs import job_state_counts, status_counts
-from db.results import tag_rate
+from db.jobs import job_state_counts
+from db.progress import canaries_pending, recent_run_ids, runs_progress
+from producer.health import PING_TIMEOUT_S, check_broker, check_database, ping_workers
 from tagger.errors import TaggerError
 from tagger.settings import Settings
-from workers.contract import maintenance_queue, queue_depth
+from workers.contract import create_app, maintenance_queue, queue_depth
 
 log = structlog.get_logger("tagger.metrics")
 
-RATE_WINDOW_S = 60
+RUNS_SHOWN = 5  # the newest runs get progress gauges (the dashboard's "runs" panel)
 
 
 class PipelineCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.app = create_app(settings)
+
+    def health(self) -> tuple[bool, Mapping[str, Any]]:
+        """The exporter's /healthz: PostgreSQL and Redis answer now (workers are the metrics' business)."""
+        database, broker = check_database(self.settings), check_broker(self.settings)
+        return database.ok and broker.ok, {"database": database.ok, "broker": broker.ok}
 
     def collect(self) -> Iterator[Metric]:
-        settings = self.settings
-        database_up = GaugeMetricFamily("tagger_database_up", "1 when the last scrape could read PostgreSQL.")
+        yield from self._database_metrics()
+        yield from self._broker_metrics()
+
+    def _database_metrics(self) -> Iterator[Metric]:
+        database_up = GaugeMetricFamily("tagger_database_up", "1 when this scrape could read PostgreSQL.")
         try:
-            with transaction(settings.database_url) as conn:
+            with transaction(self.settings.database_url) as conn:
                 states = job_state_counts(conn)
-                counts = status_counts(conn)
-                rate = tag_rate(conn, RATE_WINDOW_S)
+                progress = runs_progress(conn, recent_run_ids(conn, RUNS_SHOWN))
+                canaries = canaries_pending(conn)
         except TaggerError as exc:
             log.warning("metrics_database_unavailable", error=str(exc))
             database_up.add_metric([], 0)
-        else:
-            database_up.add_metric([], 1)
-            by_state = GaugeMetricFamily(
-                "tagger_repos", "Repos by job state (untracked: never enqueued).", labels=["state"]
-            )
-            for state, n in sorted(states.items()):
-                by_state.add_metric([state], n)
-            yield by_state
-            yield GaugeMetricFamily("tagger_repos_tagged", "Repos with a result.", value=counts["tagged"])
-            yield GaugeMetricFamily("tagger_dead_letters", "Repos in the dead-letter table.", value=counts["dead"])
-            yield GaugeMetricFamily(
-                "tagger_tag_rate_per_second", f"Results written per second over the last {RATE_WINDOW_S}s.",
-                value=rate,
-            )
+            yield database_up
+            return
+        database_up.add_metric([], 1)
         yield database_up
+        by_state = GaugeMetricFamily("tagger_repos", "Repos by job state (untracked: never enqueued; dead: "
+                                     "dead-lettered).", labels=["state"])
+        for state, n in sorted(states.items()):
+            by_state.add_metric([state], n)
+        yield by_state
+        labels = ["run", "kind"]
+        enqueued = GaugeMetricFamily("tagger_run_enqueued", f"Repos sent by each of the {RUNS_SHOWN} newest runs "
+                                     "(a canary: its sample).", labels=labels)
+        tagged = GaugeMetricFamily("tagger_run_tagged", "Repos each of those runs wrote a result for (still live "
+                                   "or replaced since).", labels=labels)
+        pending = GaugeMetricFamily("tagger_run_pending", "Repos each of those runs still has to tag.",
+                                    labels=labels)
+        for run in progress:
+            key = [str(run.run_id), run.kind]
+            enqueued.add_metric(key, run.enqueued)
+            tagged.add_metric(key, run.tagged)
+            pending.add_metric(key, run.pending)
+        yield from (enqueued, tagged, pending)
+        canary = GaugeMetricFamily("tagger_canary_pending", "Repos of a canary's sample not tagged yet (canaries "
+                                   "neither promoted nor rolled back).", labels=["run"])
+        for run_id, n in sorted(canaries.items()):
+            canary.add_metric([str(run_id)], n)
+        yield canary
 
-        broker_up = GaugeMetricFamily("tagger_broker_up", "1 when the last scrape could read the broker.")
+    def _broker_metrics(self) -> Iterator[Metric]:
+        settings = self.settings
+        broker_up = GaugeMetricFamily("tagger_broker_up", "1 when this scrape could read the broker.")
         depth = GaugeMetricFamily("tagger_queue_depth", "Messages (batches) waiting in a queue.", labels=["queue"])
         try:
             for queue in (settings.queue, maintenance_queue(settings.queue)):
@@ -63,7 +90,14 @@ class PipelineCollector(Collector):
         except TaggerError as exc:
             log.warning("metrics_broker_unavailable", error=str(exc))
             broker_up.add_metric([], 0)
-        else:
-            broker_up.add_metric([], 1)
-            yield depth
+            yield broker_up
+            return
+        broker_up.add_metric([], 1)
         yield broker_up
+        yield depth
+        yield GaugeMetricFamily("tagger_queue_high_water", "Batches above which producers pause "
+                                "(TAGGER_QUEUE_HIGH_WATER).", value=settings.queue_high_water)
+        workers = GaugeMetricFamily("tagger_workers_online", f"Workers of the tagging queue answering within "
+                                    f"{PING_TIMEOUT_S:g} s.")
+        workers.add_metric([], len(ping_workers(self.app, settings.queue)))
+        yield workers

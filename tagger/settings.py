@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         30, ge=2, description="Beat: the leader lock lapses this long after its holder stops renewing it; a "
         "standby `tagger beat` takes over then."
     )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`tagger worker`: serve this process's Prometheus counters and histograms "
+        "on this port (/metrics, /healthz); 0: off. Each worker needs its own port per host."
+    )
+    worker_metrics_address: str = Field("127.0.0.1", description="`tagger worker`: interface of that server "
+                                        "(0.0.0.0 in a container).")
     flower_user: str = Field("", description="`tagger flower`: basic-auth user (required unless --local-only).")
     flower_password: str = Field("", description="`tagger flower`: basic-auth password.")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="Log lines: json, console, or auto.")

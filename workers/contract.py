@@ -8,7 +8,11 @@ repo needs.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from celery import Celery
+from celery.signals import before_task_publish
 
 from tagger.settings import Settings
 
@@ -20,6 +24,18 @@ __all__ = ["PRIORITY_SUFFIXES", "broker_client", "is_redis", "queue_depth"]
 TAG_BATCH = "tagger.tag_batch"
 SWEEP = "tagger.sweep"
 REFRESH = "tagger.refresh_stale"
+
+# Every message carries the time it was sent (a header; Celery's own messages do not say): the worker
+# observes how long it waited in the queue (tagger_queue_wait_seconds).
+SENT_AT_HEADER = "tagger_sent_at"
+
+
+@before_task_publish.connect(weak=False)
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # Always now, never kept: a retry re-sent by the task must not carry its first sending's time.
+    if headers is not None:
+        headers[SENT_AT_HEADER] = time.time()
+
 
 def maintenance_queue(queue: str) -> str:
     """Where beat sends the sweep and the stale refresh: a queue of its own, consumed by the `tagger beat`
@@ -66,7 +82,8 @@ def create_app(settings: Settings) -> Celery:
         # it for a logging proxy would loop them back into logging, where they are lost.
         worker_redirect_stdouts=False,
         worker_send_task_events=True,
-        task_send_sent_event=False,
+        # task-sent events: Flower shows when each batch was sent, hence how long it waited.
+        task_send_sent_event=True,
         enable_utc=True,
         # A run that is still waiting when the next one is due is dropped (expires): runs never pile up.
         beat_schedule={
