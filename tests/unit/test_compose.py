@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -162,3 +166,63 @@ def test_every_image_copies_every_package_the_project_installs():
     for stage in installing:
         copied = set(re.findall(r"^COPY (\w+) \./\1$", stage, re.M))
         assert packages <= copied, f"not copied: {sorted(packages - copied)}"
+
+
+def test_worker_and_beat_have_healthchecks_by_tagger_health(services):
+    for name, node in (("worker", "gpu0@%h"), ("worker-cpu", "cpu@%h")):
+        check = services[name].get("healthcheck", {})
+        assert check.get("test") == ["CMD", "tagger", "health", "--node", node], name
+        assert check.get("start_period"), f"{name}: a worker loads its model before it answers"
+        assert node in services[name]["command"], f"{name}: the node name checked is its own"
+    assert services["beat"]["healthcheck"]["test"] == ["CMD", "tagger", "health", "--beat"]
+    assert "--purge_offline_workers=60" in services["flower"]["command"]
+    assert services["metrics"]["healthcheck"]["test"][-1].count("/healthz") == 1
+
+
+def test_monitoring_profile_is_provisioned(services):
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in prometheus["volumes"] + grafana["volumes"]}
+    for source in ("./deploy/prometheus", "./deploy/grafana/provisioning", "./deploy/grafana/dashboards"):
+        assert (ROOT / source).is_dir(), source
+        assert source in mounts, source
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert mounts["./deploy/prometheus"] == "/etc/prometheus"
+    for rules in config["rule_files"]:
+        assert (ROOT / "deploy/prometheus" / rules).exists(), rules
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["tagger"]["static_configs"][0]["targets"] == ["metrics:9808"]
+    worker_sd = jobs["tagger-worker"]["dns_sd_configs"][0]
+    for name in worker_sd["names"]:  # every worker service serves its counters where Prometheus looks
+        env = services[name]["environment"]
+        assert int(env["TAGGER_WORKER_METRICS_PORT"]) == worker_sd["port"], name
+        assert env["TAGGER_WORKER_METRICS_ADDRESS"] == "0.0.0.0", name
+        assert not any(str(p).endswith(f":{worker_sd['port']}") for p in services[name].get("ports", [])), name
+    datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/repo-tagger.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
+    dashboards = list((ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["panels"]
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == uid, panel["title"]
+            assert all(t["expr"] for t in panel["targets"]), panel["title"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def test_compose_config_is_valid_for_docker_compose():
+    """`docker compose config` where the client has the compose plugin (not on every machine)."""
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("no `docker compose` client here")
+    env = {**os.environ, **{k: "x" for k in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "TAGGER_FLOWER_USER",
+                                             "TAGGER_FLOWER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}}
+    checked = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "--profile",
+                              "monitoring", "--profile", "cpu", "config", "--quiet"], capture_output=True, text=True,
+                             env=env, cwd=ROOT)
+    assert checked.returncode == 0, checked.stderr
