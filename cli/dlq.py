@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 
@@ -72,7 +73,8 @@ def dlq_requeue(all_: bool, repo_ids: tuple[str, ...]) -> None:
     if missing:
         raise InputError(f"not in the dead-letter list: {', '.join(map(repr, missing[:10]))}")
     sender = Sender(settings, run=RunSpec(operator(), "dlq requeue"), selection="dead letters")
-    sender.send(wanted)
+    with contextlib.closing(sender):
+        sender.send(wanted)
     click.echo(f"requeued {sender.report.sent} repos")
 
 

@@ -19,6 +19,7 @@ from db.taxonomy import count_repos_tagged_with, load_taxonomy, replace_taxonomy
 from db.work import LIVE, canary_store
 from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_selection, sweep_stuck
 from producer.importer import import_repos
+from producer.progress import logs_above_bars
 from producer.runs import find_run
 from tagger.errors import InputError
 from tagger.files import atomic_write, output_path
@@ -145,13 +146,14 @@ def enqueue(all_: bool, untagged: bool, stale: bool, ids: str | None, ids_file: 
     run = RunSpec(operator(), label)
     report: EnqueueReport
     skipped: list[int] = []
-    if ids is not None:
-        report = enqueue_ids(settings, ids.split(","), progress=True, run=run)
-    elif ids_file is not None:
-        report = enqueue_ids(settings, _read_ids_file(ids_file, skipped), progress=True, run=run)
-    else:
-        selection: Selection = "all" if all_ else "untagged" if untagged else "stale"
-        report = enqueue_selection(settings, selection, progress=True, run=run)
+    with logs_above_bars():  # the "sent" bar; `tagger status --watch` shows the repos tagged
+        if ids is not None:
+            report = enqueue_ids(settings, ids.split(","), progress=True, run=run)
+        elif ids_file is not None:
+            report = enqueue_ids(settings, _read_ids_file(ids_file, skipped), progress=True, run=run)
+        else:
+            selection: Selection = "all" if all_ else "untagged" if untagged else "stale"
+            report = enqueue_selection(settings, selection, progress=True, run=run)
     for message in report.invalid[:50]:
         click.echo(f"error: {message}", err=True)
     if report.unknown:
@@ -239,6 +241,8 @@ def review(limit: int, as_json: bool) -> None:
     with transaction(settings.database_url) as conn:
         names = {t.id: t.name for t in load_taxonomy(conn).tags}
         rows = least_confident_results(conn, limit)
+    if rows and not as_json:
+        click.echo(f"{'confidence':<10}  {'id':<10} {'name':<30} tags (score)")
     for row in rows:
         scores = row.tag_scores or []
         tags: list[dict[str, Any]] = [
@@ -250,6 +254,6 @@ def review(limit: int, as_json: bool) -> None:
                                    "tags": tags}, ensure_ascii=False))
         else:
             shown = ", ".join(f"{t['name']} {t['score']:.2f}" if t["score"] is not None else t["name"] for t in tags)
-            click.echo(f"{row.confidence:.3f}  {row.repo_id:<10} {row.name or '':<30} {shown}")
+            click.echo(f"{row.confidence:<10.3f}  {row.repo_id:<10} {row.name or '':<30} {shown}")
     if not rows and not as_json:
         click.echo("no scored results yet", err=True)

@@ -11,8 +11,10 @@ import click
 
 from cli.base import jsonable, operator, settings_with, when
 from db.engine import transaction
-from db.runs import Run, list_runs, run_counts
+from db.progress import runs_progress
+from db.runs import list_runs, run_counts
 from producer.enqueue import RunSpec
+from producer.progress import run_state, with_true_counts
 from producer.runs import (
     RunStatus,
     diff_run,
@@ -25,14 +27,6 @@ from producer.runs import (
 )
 
 
-def _state(run: Run) -> str:
-    if run.rolled_back_at:
-        return "rolled back"
-    if run.promoted_at:
-        return "promoted"
-    return ""
-
-
 @click.command("runs")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="The newest runs only.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -40,13 +34,16 @@ def runs_(limit: int, as_json: bool) -> None:
     """The runs, newest first: who started them, the configuration, the selection, their progress."""
     settings = settings_with()
     with transaction(settings.database_url) as conn:
-        rows = [RunStatus(run, run_counts(conn, run)) for run in list_runs(conn, limit)]
+        listed = list_runs(conn, limit)
+        progress = {p.run_id: p for p in runs_progress(conn, [run.id for run in listed])}
+        rows = [RunStatus(run, with_true_counts(run_counts(conn, run), progress[run.id])) for run in listed]
+        states = {run.id: run_state(progress[run.id]) for run in listed}
     if as_json:
         for status in rows:
-            click.echo(json.dumps(jsonable(status.as_dict())))
+            click.echo(json.dumps(jsonable(status.as_dict() | {"state": states[status.run.id]})))
         return
     click.echo(f"{'id':>5} {'kind':<6} {'started (UTC)':<19} {'by':<20} {'backend/model':<32} {'selection':<20} "
-               f"{'sent':>7} {'done':>7}  state")
+               f"{'sent':>7} {'tagged':>7} {'pending':>7} {'dead':>5}  state")
     for status in rows:
         run, counts = status.run, status.counts
         sent = counts.get("enqueued", counts.get("sample", 0))
@@ -55,7 +52,8 @@ def runs_(limit: int, as_json: bool) -> None:
             config = "..." + config[-29:]
         by = run.started_by + (f" ({run.label})" if run.label else "")
         click.echo(f"{run.id:>5} {run.kind:<6} {when(run.started_at):<19} {by[:20]:<20} {config:<32} "
-                   f"{run.selection[:20]:<20} {sent:>7} {counts['done']:>7}  {_state(run)}")
+                   f"{run.selection[:20]:<20} {sent:>7} {counts['tagged']:>7} {counts['pending']:>7} "
+                   f"{counts['dead']:>5}  {states[run.id]}")
 
 
 @click.command()

@@ -8,6 +8,7 @@ sweeper, never lost.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from db.configuration import Configuration
 from db.engine import get_engine, transaction, translate_errors
 from db.jobs import mark_queued
 from db.locks import advisory_lock, advisory_unlock, try_advisory_lock
+from db.progress import mark_run_sent
 from db.repos import Selection, count_repos, existing_repo_ids, page_repo_ids
 from db.runs import add_run_enqueued, create_run
 from db.taxonomy import current_taxonomy_version, load_taxonomy
@@ -135,7 +137,7 @@ class Sender:
 
     def __init__(self, settings: Settings, on_pause: Callable[[int], None] | None = None, *,
                  run: RunSpec | None = None, selection: str = "", run_id: int | None = None,
-                 shadow: bool = False) -> None:
+                 shadow: bool = False, owns_run: bool = False) -> None:
         self.settings = settings
         self.app = create_app(settings)
         self.on_pause = on_pause
@@ -144,6 +146,15 @@ class Sender:
         self.selection = selection
         self.shadow = shadow
         self._since_check: int | None = None  # None: check before the first message
+        # Whether this sender's batches are its run's whole sending, which close() ends: a run it records,
+        # or a canary's sample; not a sweeper re-sending repos of older runs.
+        self.owns_run = owns_run or run is not None
+
+    def close(self) -> None:
+        """The sending is over (done, or interrupted): the run is no longer "sending"."""
+        if self.owns_run and self.report.run_id is not None:
+            with transaction(self.settings.database_url) as conn:
+                mark_run_sent(conn, self.report.run_id)
 
     @property
     def check_every(self) -> int:
@@ -195,9 +206,10 @@ class Sender:
 
 
 def _progress(total: int | None, enabled: bool) -> tqdm:
-    # disable=None: a bar on a terminal, silence in logs and pipes.
+    # disable=None: a bar on a terminal, silence in logs and pipes. Repos sent, not tagged: `tagger status
+    # --watch` shows those.
     return tqdm(total=total, unit="repo", unit_scale=True, dynamic_ncols=True, disable=None if enabled else True,
-                desc="enqueue")
+                desc="sent")
 
 
 UNKNOWN_USER = RunSpec("unknown")
@@ -224,7 +236,7 @@ def _enqueue_selection(settings: Settings, selection: Selection, progress: bool,
     started = time.monotonic()
     total = count_selection(settings, selection) if progress else None
     sender = Sender(settings, run=run, selection=selection)
-    with _progress(total, progress) as bar:
+    with _progress(total, progress) as bar, contextlib.closing(sender):
         sender.on_pause = lambda depth: bar.set_postfix_str(f"queue full ({depth} batches), waiting")
         for page in iter_selection(settings, selection):
             sender.send(page)
@@ -244,7 +256,7 @@ def enqueue_ids(settings: Settings, raw_ids: Iterable[object], *, progress: bool
     report = sender.report
     seen_in_chunk: set[str]
     iterator = iter(raw_ids)
-    with _progress(None, progress) as bar:
+    with _progress(None, progress) as bar, contextlib.closing(sender):
         while chunk := list(islice(iterator, PAGE_SIZE)):
             valid: list[str] = []
             seen_in_chunk = set()

@@ -7,6 +7,7 @@ flight finish before, and its later writes see the mark (db.runs.lock_run_for_wr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 from collections import Counter
@@ -106,8 +107,9 @@ def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
     shadow = canary_settings(settings, run_id)
     if on_started is not None:
         on_started(run_id, shadow.queue)
-    sender = Sender(shadow, run_id=run_id, shadow=True)
-    sender.send(ids)
+    sender = Sender(shadow, run_id=run_id, shadow=True, owns_run=True)
+    with contextlib.closing(sender):
+        sender.send(ids)
     return CanaryReport(run_id, shadow.queue, len(ids), sender.report.batches, configuration)
 
 
