@@ -17,6 +17,7 @@ import click
 from tagger.errors import ConfigError, InputError, TaggerError
 from tagger.logs import configure_logging
 from tagger.settings import Settings, env_help, load_settings
+from tagger.urls import scrub
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DEBUG_KEY = "tagger.debug"  # in the context's meta: --debug was given, or TAGGER_LOG_LEVEL=DEBUG
@@ -44,10 +45,10 @@ class TaggerGroup(click.Group):
             return super().invoke(ctx)
         except (InputError, ConfigError) as exc:
             _show_traceback(ctx, exc)
-            raise BadInput(str(exc)) from exc
+            raise BadInput(shown(ctx, str(exc))) from exc
         except TaggerError as exc:
             _show_traceback(ctx, exc)
-            raise UserError(f"{type(exc).__name__}: {exc}") from exc
+            raise UserError(shown(ctx, f"{type(exc).__name__}: {exc}")) from exc
         except BrokenPipeError:
             # The reader of our output went away (`tagger export | head -1`): it has all it wanted. (Click
             # would exit 1 for it.) Standard output now goes to /dev/null, so that the interpreter's last
@@ -56,7 +57,7 @@ class TaggerGroup(click.Group):
             raise click.exceptions.Exit(0) from None
         except OSError as exc:  # a file, directory or port the user named
             _show_traceback(ctx, exc)
-            raise UserError(describe_os_error(exc)) from exc
+            raise UserError(shown(ctx, describe_os_error(exc))) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,17 @@ def debugging(ctx: click.Context | None = None) -> bool:
 
 def _show_traceback(ctx: click.Context, exc: BaseException) -> None:
     if debugging(ctx):
-        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+        click.echo(shown(ctx, "".join(traceback.format_exception(exc)).rstrip()), err=True)
+
+
+def shown(ctx: click.Context | None, text: str) -> str:
+    """``text`` as it may be shown: without the passwords of the service URLs in use (the environment's,
+    and this command's own, such as the demo's), whoever wrote the message."""
+    urls = [os.environ.get("TAGGER_DATABASE_URL", ""), os.environ.get("TAGGER_BROKER_URL", "")]
+    settings = ctx.find_object(Settings) if ctx is not None else None
+    if settings is not None:
+        urls += [settings.database_url, settings.broker_url]
+    return scrub(text, *urls)
 
 
 # Every command of `tagger`: name → where it lives and its one-line help (tests/unit/test_cli_lazy.py checks

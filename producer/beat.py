@@ -29,6 +29,7 @@ from celery.beat import EmbeddedService
 from producer.enqueue import RunSpec, enqueue_selection, sweep_stuck
 from tagger.errors import BrokerUnavailable
 from tagger.settings import Settings
+from tagger.urls import masked
 from workers.contract import REFRESH, SWEEP, broker_client, create_app, is_redis, maintenance_queue
 
 log = structlog.get_logger("tagger.beat")
@@ -130,7 +131,7 @@ def run_beat(settings: Settings, loglevel: str) -> int:
     """Wait for leadership, then run beat and the maintenance worker until stopped. The exit status:
     0 when stopped, 1 when leadership was lost (a supervisor restarts us, as a standby)."""
     if not is_redis(settings.broker_url):
-        raise BrokerUnavailable(f"`tagger beat` needs a Redis broker, not {settings.broker_url!r}")
+        raise BrokerUnavailable(f"`tagger beat` needs a Redis broker, not {masked(settings.broker_url)!r}")
     app = create_beat_app(settings)
     lock = LeaderLock(broker_client(settings.broker_url), lock_key(settings.queue), settings.beat_lock_ttl_s)
     # A standby asks often (one cheap SET NX): a released lock is taken over within a couple of seconds.

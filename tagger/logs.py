@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import structlog
+
+from tagger.urls import scrub
 
 _HANDLER_NAME = "tagger"
 
@@ -37,6 +40,11 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _mask_urls(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """No password of a service URL in any log line, whoever logged it (a driver's message, a traceback)."""
+    return {key: scrub(value) if isinstance(value, str) else value for key, value in event.items()}
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     # Imported here, not at the top: structlog (and rich, which its dev renderer loads) is a fifth of a
     # second that `tagger --help` need not pay; every command that logs imports it anyway.
@@ -55,6 +63,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             timestamper,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if use_json else structlog.processors.ExceptionPrettyPrinter(),
+            _mask_urls,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -77,6 +86,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if use_json else structlog.processors.ExceptionPrettyPrinter(),
+                _mask_urls,
                 renderer,
             ],
         )

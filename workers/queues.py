@@ -8,6 +8,7 @@ from functools import lru_cache
 import redis
 
 from tagger.errors import BrokerUnavailable
+from tagger.urls import masked, scrub
 
 # Kombu's Redis transport keeps one list per priority step: "queue", "queue\x06\x163", ... A queue's
 # depth is the sum of them all.
@@ -24,7 +25,8 @@ def broker_client(broker_url: str) -> redis.Redis:
     try:
         return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
     except ValueError as exc:
-        raise BrokerUnavailable(f"not a Redis broker URL: {broker_url!r}: {exc}") from exc
+        raise BrokerUnavailable(f"not a Redis broker URL: {masked(broker_url)!r}: {scrub(str(exc), broker_url)}") \
+            from None
 
 
 def queue_depth(broker_url: str, queue: str) -> int:
@@ -37,5 +39,5 @@ def queue_depth(broker_url: str, queue: str) -> int:
             pipe.llen(queue + suffix)
         return int(sum(pipe.execute()))
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"cannot read queue depth from {broker_url}: {exc} (is Redis running where "
+        raise BrokerUnavailable(f"cannot read queue depth from {masked(broker_url)}: {scrub(str(exc), broker_url)} (is Redis running where "
                                 "TAGGER_BROKER_URL points?)") from exc
