@@ -33,6 +33,7 @@ from tagger.engine import configured_prompt_version
 from tagger.errors import BrokerUnavailable, InputError
 from tagger.ids import validate_repo_id
 from tagger.settings import Settings
+from tagger.urls import scrub
 from workers.contract import TAG_BATCH, canary_queue, create_app, queue_depth
 
 log = structlog.get_logger("tagger.producer")
@@ -185,12 +186,14 @@ class Sender:
 
     def send(self, ids: Sequence[str], *, reset_attempts: bool = True, run_id: int | None = None) -> None:
         """Send ``ids`` in batches, under ``run_id`` if given (the sweeper: each repo's own run)."""
-        if ids and run_id is None and self.report.run_id is None and self.run is not None:
-            self.report.run_id = record_run(self.settings, self.run, self.selection)
-        run_id = run_id if run_id is not None else self.report.run_id
         for start in range(0, len(ids), self.settings.batch_size):
             batch = list(ids[start : start + self.settings.batch_size])
+            # The broker is asked first (queue depth): with Redis down, no run is recorded and nothing is
+            # marked queued, rather than a run that claims repos it never sent.
             self._wait_for_room()
+            if run_id is None and self.report.run_id is None and self.run is not None:
+                self.report.run_id = record_run(self.settings, self.run, self.selection)
+            run_id = run_id if run_id is not None else self.report.run_id
             with transaction(self.settings.database_url) as conn:
                 if not self.shadow:
                     mark_queued(conn, batch, reset_attempts=reset_attempts, run_id=run_id)
@@ -200,7 +203,8 @@ class Sender:
                 self.app.send_task(TAG_BATCH, (batch, run_id), queue=self.settings.queue, retry=True,
                                    retry_policy={"max_retries": 3, "interval_start": 0.5})
             except KombuOperationalError as exc:
-                raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
+                raise BrokerUnavailable(f"cannot reach the broker: {scrub(str(exc), self.settings.broker_url)}") \
+                    from exc
             self.report.sent += len(batch)
             self.report.batches += 1
 

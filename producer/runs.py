@@ -33,6 +33,7 @@ from tagger.evaluation import load_gold, score
 from tagger.ids import validate_repo_id
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
+from workers.contract import queue_depth
 
 log = structlog.get_logger("tagger.producer")
 
@@ -98,6 +99,8 @@ def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
     ids = choose_sample((i for page in iter_selection(settings, "all", PAGE_SIZE) for i in page), n, seed)
     if not ids:
         raise InputError("the index holds no repos: there is nothing to sample")
+    # Redis down: say so before recording a run whose sample would wait for a message never sent.
+    queue_depth(settings.broker_url, settings.queue)
     with transaction(settings.database_url) as conn:
         run_id = create_run(conn, kind="canary", started_by=spec.started_by, label=spec.label,
                             selection=f"sample {n} seed {seed}", configuration=configuration)

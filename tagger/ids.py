@@ -7,7 +7,10 @@ import re
 from tagger.errors import InputError
 
 MAX_ID_LENGTH = 200
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# Control characters (Unicode category Cc, U+0085 included), line and paragraph separators (Zl, Zp: a
+# reader that splits lines would see two records), bidirectional overrides and isolates (an id that
+# displays as another), and lone surrogates (invalid UTF-8, read with surrogateescape).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def validate_repo_id(raw: object) -> str:
@@ -20,8 +23,10 @@ def validate_repo_id(raw: object) -> str:
     repo_id = raw.strip()
     if not repo_id:
         raise InputError("repo id is empty")
-    if _FORBIDDEN.search(repo_id):
-        raise InputError(f"repo id {repo_id!r} contains control characters or invalid UTF-8")
+    # Checked before Unicode's strip(), which would silently drop a trailing U+0085 or U+2028.
+    if _FORBIDDEN.search(checked := raw.strip(" \t\r\n")):
+        # Line separators and bidirectional controls count as control characters here.
+        raise InputError(f"repo id {checked!r} contains control characters or invalid UTF-8")
     if len(repo_id) > MAX_ID_LENGTH:
         raise InputError(f"repo id is longer than {MAX_ID_LENGTH} characters: {repo_id[:40]!r}...")
     return repo_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,9 +13,11 @@ from tagger.backends import BACKENDS, is_plugin
 from tagger.errors import ConfigError
 from tagger.shortlist import ShortlistMode
 from tagger.taxonomy import DEFAULT_TAXONOMY
+from tagger.urls import masked, scrub
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+DATABASE_DRIVERS = ("postgresql+psycopg",)
 
 
 class Settings(BaseSettings):
@@ -61,6 +64,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(128, ge=1, le=10_000, description="Repo ids per task message (see BENCHMARKS.md).")
     # 128: the best measured for the bundled SmolLM2 and for the keyword backend (docs/quality.md); a
     # larger model may read more with profit: measure it with `tagger eval --budget`.
+    readme_max_bytes: int = Field(
+        1024 * 1024, ge=1024, description="`tagger import` stores at most this many bytes of each README (its "
+        "head; the original size is kept): memory stays bounded whatever one README holds."
+    )
     readme_token_budget: int = Field(128, ge=16, description="README tokens kept (the head) in each prompt.")
     prompt_descriptions: bool = Field(True, description="List each tag's one-line description in the prompt.")
     # keyword: the best configuration measured for the bundled SmolLM2 (docs/quality.md), and free.
@@ -159,11 +166,20 @@ class Settings(BaseSettings):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            make_url(value)
+            url = make_url(value)
+            _ = url.port  # a port that is not a number fails here, not at the first connection
         except (ArgumentError, ValueError):
             raise ValueError(
-                f"{value!r} is not a database URL: expected e.g. postgresql+psycopg://USER@HOST:5432/tagger"
+                f"{masked(value)!r} is not a database URL: expected e.g. postgresql+psycopg://USER@HOST:5432/tagger"
             ) from None
+        if url.drivername == "postgresql":
+            # SQLAlchemy's default driver for it is psycopg2, which we do not install: psycopg 3 is meant.
+            return "postgresql+psycopg" + value[len("postgresql"):]
+        if url.drivername not in DATABASE_DRIVERS:
+            raise ValueError(
+                f"{masked(value)!r}: unsupported database {url.drivername!r}: expected PostgreSQL "
+                "(postgresql+psycopg://USER@HOST:5432/tagger)"
+            )
         return value
 
     @field_validator("broker_url")
@@ -171,7 +187,19 @@ class Settings(BaseSettings):
     def _broker_url(cls, value: str) -> str:
         scheme = value.partition("://")[0]
         if "://" not in value or scheme not in BROKER_SCHEMES:
-            raise ValueError(f"{value!r} is not a Redis URL: expected e.g. redis://HOST:6379/0")
+            raise ValueError(f"{masked(value)!r} is not a Redis URL: expected e.g. redis://HOST:6379/0")
+        if scheme in ("redis", "rediss"):
+            parts = urlsplit(value)
+            try:
+                _ = parts.port
+            except ValueError:
+                raise ValueError(f"{masked(value)!r}: the port is not a number: expected e.g. "
+                                 "redis://HOST:6379/0") from None
+            # redis-py reads an unparsable db as db 0: a typo would silently share another database.
+            db = parts.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"{masked(value)!r}: the database {db!r} is not a number: expected e.g. "
+                                 "redis://HOST:6379/0")
         return value
 
     @field_validator("vllm_enforce_eager", "openai_add_special_tokens", "tag_threshold", mode="before")
@@ -198,7 +226,9 @@ def load_settings(**overrides: Any) -> Settings:
             f"TAGGER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
         )
-        raise ConfigError(f"invalid setting: {problems}") from None
+        # A validator's message may quote the value it refused: no URL's password may go with it.
+        urls = [str(e["input"]) for e in exc.errors() if isinstance(e.get("input"), str) and "@" in e["input"]]
+        raise ConfigError(f"invalid setting: {scrub(problems, *urls)}") from None
 
 
 def env_help() -> str:
