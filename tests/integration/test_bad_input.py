@@ -31,7 +31,7 @@ from tagger.prompt import Prompt
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
 from tests.support.data import READMES, write_jsonl
-from tests.support.processes import TAGGER, run_cli, status, wait_until, worker_process
+from tests.support.processes import TAGGER, popen, run_cli, status, wait_until, worker_process
 from tests.support.services import pg_admin, pg_url
 from workers.batch import process_batch
 from workers.contract import TAG_BATCH, queue_depth
@@ -434,14 +434,14 @@ def test_debug_shows_the_traceback_only_when_asked(env, empty_database):
 
 def test_ctrl_c_during_import_keeps_what_was_committed(settings, env, tmp_path):
     rows = [json.dumps({"id": f"r{i}", "readme": GOOD}) + "\n" for i in range(CHUNK_ROWS + 100)]
-    proc = subprocess.Popen([*TAGGER, "import", "-"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdin is not None
-    proc.stdin.write("".join(rows))
-    proc.stdin.flush()  # stdin stays open: the import waits for more, its first chunk committed
-    wait_until(lambda: status(env)["repos"] == CHUNK_ROWS, timeout=60, what="first chunk committed")
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=30)
+    with popen([*TAGGER, "import", "-"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write("".join(rows))
+        proc.stdin.flush()  # stdin stays open: the import waits for more, its first chunk committed
+        wait_until(lambda: status(env)["repos"] == CHUNK_ROWS, timeout=60, what="first chunk committed")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "aborted: what was already committed is kept; running the same command again is safe" in err
     assert "Traceback" not in err
@@ -651,14 +651,14 @@ def test_database_outage_while_a_prefork_child_starts_its_runtime_is_retried(set
 def test_ctrl_c_during_enqueue_marks_only_what_was_sent(settings, env):
     add_repos(settings, {"a": GOOD, "b": GOOD, "c": GOOD})
     full = {**env, "TAGGER_QUEUE_HIGH_WATER": "1", "TAGGER_BATCH_SIZE": "1"}  # no worker: paused after one
-    proc = subprocess.Popen([*TAGGER, "enqueue", "--all"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:  # until the producer waits for room in the queue
-        if '"enqueue_paused"' in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=30)
+    with popen([*TAGGER, "enqueue", "--all"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+               text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until the producer waits for room in the queue
+            if '"enqueue_paused"' in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "aborted: what was already committed is kept; running the same command again is safe" in err
     assert "Traceback" not in err

@@ -21,6 +21,29 @@ from cli import cli
 TAGGER = [sys.executable, "-m", "cli"]
 
 
+def default_signals() -> None:
+    """``preexec_fn`` of a child that a test interrupts: SIGINT (and SIGTERM) at their defaults, whatever the
+    test run inherited. A suite started as a background job of a script (`pytest &`), or under
+    `trap '' INT`, runs with SIGINT ignored, and an ignored disposition passes to every child: Python
+    then installs no KeyboardInterrupt handler and Ctrl-C would never reach the command under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def popen(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[Any]]:
+    """``subprocess.Popen(args, ...)`` with default signal dispositions, killed and reaped (its pipes
+    closed) on the way out even when the test fails: no test leaves a process or an open file behind."""
+    proc = subprocess.Popen(args, preexec_fn=default_signals, **kwargs)
+    with proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     return wait_for(predicate, timeout, what or str(predicate), interval)
@@ -57,7 +80,8 @@ def status(env: dict[str, str]) -> dict[str, int]:
 def tagger_process(env: dict[str, str], *args: str, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A real `tagger ARGS...` subprocess in its own process group, stopped on exit (SIGTERM, then SIGKILL)."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen([*TAGGER, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*TAGGER, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=default_signals)
     try:
         yield proc
     finally:
