@@ -91,7 +91,8 @@ def import_(file: str) -> None:
     is imported once, from its last line (each repeat is reported). Exit status 1 when any line was
     rejected. Running it again is harmless: an interrupted import can simply be restarted.
     """
-    report = import_repos(settings_with().database_url, file, progress=True)
+    settings = settings_with()
+    report = import_repos(settings.database_url, file, progress=True, readme_max_bytes=settings.readme_max_bytes)
     for message in report.warnings[:50]:
         click.echo(f"warning: {message}", err=True)
     for message in report.errors[:200]:
@@ -101,6 +102,9 @@ def import_(file: str) -> None:
     if report.duplicates:
         click.echo(f"note: {report.duplicates} lines repeated an earlier id: the last line of each id was imported",
                    err=True)
+    if report.truncated:
+        click.echo(f"note: {report.truncated} READMEs were longer than {settings.readme_max_bytes} bytes "
+                   "(TAGGER_README_MAX_BYTES): their head was stored, and their original size", err=True)
     click.echo(f"imported {report.imported} repos; rejected {len(report.errors)} lines")
     if report.errors:
         sys.exit(1)

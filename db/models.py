@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     REAL,
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -120,6 +121,9 @@ repos = Table(
     Column("name", Text, server_default="", nullable=False),
     Column("readme", Text, nullable=False),
     Column("readme_hash", Text, nullable=False),
+    # The README's size as imported, in bytes, when `tagger import` stored only its head (longer than
+    # TAGGER_README_MAX_BYTES); null when it was stored whole.
+    Column("readme_size", BigInteger, nullable=True),
     # Bumped whenever the README's hash changes: orders results computed from different READMEs.
     Column("readme_version", Integer, server_default="1", nullable=False),
     Column("created_at", Timestamp, server_default=func.now(), nullable=False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -17,13 +17,21 @@ from tagger.readme import readme_hash
 Selection = Literal["all", "untagged", "stale"]
 
 
-def upsert_repos(conn: Connection, rows: Sequence[Mapping[str, str]]) -> int:
-    """Insert or update repos (``id``, ``name``, ``readme``); a changed README bumps its version."""
+def _cut_size(row: Mapping[str, Any]) -> int | None:
+    """The original size of a README stored cut (``readme_size`` larger than what is stored), else None."""
+    size = row.get("readme_size")
+    return int(size) if size is not None and size > len(row["readme"].encode("utf-8")) else None
+
+
+def upsert_repos(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert or update repos (``id``, ``name``, ``readme``, and ``readme_size`` when the README was stored
+    cut); a changed README bumps its version."""
     if not rows:
         return 0
     by_id = {row["id"]: row for row in rows}  # the last line for an id wins
     values = [
-        {"id": i, "name": r.get("name") or "", "readme": r["readme"], "readme_hash": readme_hash(r["readme"])}
+        {"id": i, "name": r.get("name") or "", "readme": r["readme"], "readme_hash": readme_hash(r["readme"]),
+         "readme_size": _cut_size(r)}
         for i, r in sorted(by_id.items())
     ]
     stmt = insert(repos)
@@ -34,10 +42,12 @@ def upsert_repos(conn: Connection, rows: Sequence[Mapping[str, str]]) -> int:
             "name": stmt.excluded.name,
             "readme": stmt.excluded.readme,
             "readme_hash": stmt.excluded.readme_hash,
+            "readme_size": stmt.excluded.readme_size,
             "readme_version": repos.c.readme_version + sa.case((changed, 1), else_=0),
             "updated_at": sa.func.now(),
         },
-        where=changed | (repos.c.name != stmt.excluded.name),
+        where=changed | (repos.c.name != stmt.excluded.name)
+        | repos.c.readme_size.is_distinct_from(stmt.excluded.readme_size),
     )
     conn.execute(stmt, values)
     return len(values)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from db.engine import transaction
 from db.repos import upsert_repos
@@ -17,11 +18,15 @@ from tagger.ids import validate_repo_id
 
 CHUNK_ROWS = 500
 CHUNK_BYTES = 32 * 1024 * 1024  # a chunk of huge READMEs is written early, not held in memory
+DEFAULT_README_MAX_BYTES = 1024 * 1024
+READ_PIECE = 1024 * 1024  # how much of an oversized line is read at a time
+_SPECIAL = re.compile(rb'[\\"]')  # what changes the scanner's state inside and outside JSON strings
 
 
 @dataclass
 class ImportReport:
     imported: int = 0
+    truncated: int = 0  # READMEs longer than the limit: their head was stored, and their original size
     errors: list[str] = field(default_factory=list)  # "line N: why"
     warnings: list[str] = field(default_factory=list)
     duplicates: int = 0  # lines whose id an earlier line of the same file had: the later line wins
@@ -39,7 +44,114 @@ def _clean_text(text: str) -> str:
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def parse_line(raw: bytes, number: int, report: ImportReport) -> dict[str, str] | None:
+def _truncate(text: str, max_bytes: int) -> tuple[str, int]:
+    """``text`` cut to at most ``max_bytes`` of UTF-8 (never inside a character), and its full size."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text, len(encoded)
+    return encoded[:max_bytes].decode("utf-8", "ignore"), len(encoded)
+
+
+def read_line(stream: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
+    """The next line of ``stream`` (b"" at its end), with every JSON string in it longer than ``max_bytes``
+    (a huge README) cut to that many bytes, never inside an escape or a character; and how many bytes
+    of text were cut (as decoded: an escape counts as the character it stands for). Memory stays within a few times ``max_bytes`` however long the line is: a line longer than
+    that is read piece by piece, and the rest of a long string is only scanned for where it ends."""
+    limit = 2 * max_bytes + READ_PIECE  # a line up to this long is returned whole, parsed as it is
+    piece = stream.readline(limit)
+    if len(piece) < limit or piece.endswith(b"\n"):
+        return piece, 0
+    kept = bytearray()
+    in_string = False
+    string_bytes = dropped = 0
+
+    def add(content: bytes, atomic: bool = False) -> None:
+        """Bytes of the current string: kept while it is within max_bytes, else counted and dropped."""
+        nonlocal string_bytes, dropped
+        room = max_bytes - string_bytes
+        string_bytes += len(content)
+        if len(content) <= room:
+            kept.extend(content)
+            return
+        dropped += _escape_size(content) if atomic else len(content)
+        if room < 0:  # cut already
+            return
+        if not atomic:
+            kept.extend(content[:room])
+            dropped -= room
+        # The string is cut here, once: not inside a character (a piece may have ended in one).
+        trimmed = _incomplete_utf8_tail(kept)
+        if trimmed:
+            del kept[-trimmed:]
+            dropped += trimmed
+
+    while piece:
+        pos, end = 0, len(piece)
+        carry = b""
+        while pos < end:
+            if not in_string:
+                quote = piece.find(b'"', pos)
+                if quote < 0:
+                    kept.extend(piece[pos:])
+                    break
+                kept.extend(piece[pos:quote + 1])
+                in_string, string_bytes, pos = True, 0, quote + 1
+                continue
+            match = _SPECIAL.search(piece, pos)
+            if match is None:
+                add(piece[pos:])
+                break
+            at = match.start()
+            add(piece[pos:at])
+            if piece[at] == ord('"'):
+                kept.append(ord('"'))
+                in_string, pos = False, at + 1
+                continue
+            width = 6 if piece[at + 1:at + 2] == b"u" else 2  # \uXXXX or \n, \", ...
+            if at + width > end:  # the escape goes on in the next piece
+                carry = piece[at:]
+                break
+            add(piece[at:at + width], atomic=True)
+            pos = at + width
+        if piece.endswith(b"\n"):
+            break
+        following = stream.readline(READ_PIECE)
+        if not following:
+            kept.extend(carry)
+            break
+        piece = carry + following
+    return bytes(kept), dropped
+
+
+def _escape_size(escape: bytes) -> int:
+    """UTF-8 bytes of the character a JSON escape stands for (each half of a surrogate pair: 2 of its 4)."""
+    if len(escape) < 6:
+        return 1  # \n, \", \\, ...
+    try:
+        code = int(escape[2:6], 16)
+    except ValueError:
+        return len(escape)
+    if 0xD800 <= code <= 0xDFFF:
+        return 2
+    return 1 if code < 0x80 else 2 if code < 0x800 else 3
+
+
+def _incomplete_utf8_tail(data: bytearray) -> int:
+    """How many bytes at the end of ``data`` are the start of a UTF-8 character cut short."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): does its character fit?
+            needed = 2 if byte >= 0xC0 else 1
+            needed = 3 if byte >= 0xE0 else needed
+            needed = 4 if byte >= 0xF0 else needed
+            return back if needed > back else 0
+    return 0
+
+
+def parse_line(raw: bytes, number: int, report: ImportReport, max_bytes: int = DEFAULT_README_MAX_BYTES,
+               cut: int = 0) -> dict[str, Any] | None:
+    """One line as a row of the repos table, or None (a blank line, or an error added to ``report``).
+    ``cut``: bytes :func:`read_line` already cut from the line's long strings (its README's)."""
     if number == 1:
         raw = raw.removeprefix(codecs.BOM_UTF8)  # written by some Windows editors; not part of the JSON
     try:
@@ -72,16 +184,30 @@ def parse_line(raw: bytes, number: int, report: ImportReport) -> dict[str, str] 
     except InputError as exc:
         report.errors.append(f"line {number}: {exc}")
         return None
+    del obj, line  # the README is the only copy of the line's text that stays
     cleaned = _clean_text(readme)
     if bad_utf8 or cleaned != readme:
         report.warnings.append(f"line {number}: repo {repo_id!r}: invalid UTF-8 or NUL bytes replaced in README")
+    del readme
+    stored, size = _truncate(cleaned, max_bytes)
+    if cut or len(stored) < len(cleaned):
+        report.truncated += 1
     report.seen(repo_id, number)
-    return {"id": repo_id, "name": _clean_text(name), "readme": cleaned}
+    # The size as imported: of the text, after NULs and invalid UTF-8 were replaced; for a line read in
+    # pieces, as written in the file (escapes counted as written).
+    return {"id": repo_id, "name": _clean_text(name), "readme": stored, "readme_size": size + cut}
 
 
-def iter_rows(stream: BinaryIO, report: ImportReport) -> Iterator[dict[str, str]]:
-    for number, raw in enumerate(stream, start=1):
-        row = parse_line(raw, number, report)
+def iter_rows(stream: BinaryIO, report: ImportReport,
+              max_bytes: int = DEFAULT_README_MAX_BYTES) -> Iterator[dict[str, Any]]:
+    number = 0
+    while True:
+        raw, cut = read_line(stream, max_bytes)
+        if not raw:
+            return
+        number += 1
+        row = parse_line(raw, number, report, max_bytes, cut)
+        del raw
         if row is not None:
             yield row
 
@@ -114,9 +240,12 @@ def _refuse_compressed(stream: BinaryIO, path: Path | str) -> None:
             raise InputError(f"{path} is {kind}-compressed: decompress it first, e.g. zcat FILE | tagger import -")
 
 
-def import_repos(database_url: str, path: Path | str, progress: bool = False) -> ImportReport:
+def import_repos(database_url: str, path: Path | str, progress: bool = False,
+                 readme_max_bytes: int = DEFAULT_README_MAX_BYTES) -> ImportReport:
     """Import JSON Lines from ``path`` (``-``: standard input). Chunks are committed as they go: an
-    interrupted import keeps what it committed, and running it again is harmless (an upsert)."""
+    interrupted import keeps what it committed, and running it again is harmless (an upsert). A README
+    longer than ``readme_max_bytes`` is stored cut to that (its original size beside it): only its head
+    is ever read, and memory stays bounded whatever one line holds."""
     from tqdm import tqdm
 
     report = ImportReport()
@@ -125,7 +254,7 @@ def import_repos(database_url: str, path: Path | str, progress: bool = False) ->
         total=total, unit="B", unit_scale=True, desc="import", disable=None if progress else True
     ) as bar:
         _refuse_compressed(stream, path)
-        chunk: list[dict[str, str]] = []
+        chunk: list[dict[str, Any]] = []
         size = 0
 
         def flush() -> None:
@@ -135,7 +264,7 @@ def import_repos(database_url: str, path: Path | str, progress: bool = False) ->
                     report.imported += upsert_repos(conn, chunk)
             chunk, size = [], 0
 
-        for row in iter_rows(stream, report):
+        for row in iter_rows(stream, report, readme_max_bytes):
             chunk.append(row)
             size += len(row["readme"])
             if len(chunk) >= CHUNK_ROWS or size >= CHUNK_BYTES:
