@@ -22,7 +22,7 @@ import structlog
 from tagger.answer import answer_schema
 from tagger.backends import Generation
 from tagger.backends.llamacpp import bundled_gguf_path
-from tagger.backends.reaper import Reaper, children, is_resource_tracker
+from tagger.backends.reaper import Reaper, children, forked_children_die_with_their_parent, is_resource_tracker
 from tagger.backends.vllm_model import bundled_model_dir
 from tagger.errors import BackendOutOfMemory, BackendUnavailable, ConfigError, PermanentError
 from tagger.prompt import Prompt
@@ -114,19 +114,24 @@ class VLLMTagger:
         self._sampling_params_class = vllm.SamplingParams
         self._structured_class = StructuredOutputsParams
         self._params: dict[tuple[str, ...], Any] = {}
-        self._reaper: Reaper | None = None
         before = set(children(os.getpid()))
+        # The engine's processes (EngineCore and the workers under it) must end with this process however
+        # and whenever it dies, loading included (when the OOM killer strikes most): the reaper watches
+        # for them from before the first is started, and each forked one dies with its parent.
+        self._reaper: Reaper | None = Reaper(watch=True)
+        forked_children_die_with_their_parent(self)
         try:
             self._llm: Any = vllm.LLM(**args)
-        except Exception as exc:
-            if _is_cuda_oom(exc):
+        except BaseException as exc:
+            self._reaper.close()  # what the engine started is ended with it
+            self._reaper = None
+            if isinstance(exc, Exception) and _is_cuda_oom(exc):
                 raise BackendOutOfMemory(f"cannot load {self.model}: CUDA out of memory") from exc
             raise
-        # The engine's processes (EngineCore and the workers under it), started by the line above: the
-        # reaper ends them if this process dies without closing them.
-        engine = [pid for pid in children(os.getpid()) if pid not in before and not is_resource_tracker(pid)]
-        if engine:
-            self._reaper = Reaper(engine)
+        self._reaper.settled()
+        reaper_pid = self._reaper.process.pid if self._reaper.process else None
+        engine = [pid for pid in children(os.getpid())
+                  if pid not in before and pid != reaper_pid and not is_resource_tracker(pid)]
         log.info("vllm_engine_started", model=self.model, engine_pids=engine,
                  **{k: v for k, v in args.items() if k != "model"})
 

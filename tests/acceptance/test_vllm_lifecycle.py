@@ -115,3 +115,70 @@ def test_workers_starting_at_once_convert_the_bundled_model_once(tmp_path):
     conversions = sum((out + err).count("bundled_model_converted") for out, err in outputs)
     assert conversions == 1, conversions
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".") or p.is_dir()) == [converted.name]
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid → command line of every live descendant of ``pid``."""
+    table: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2] != "Z":
+                table[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found: dict[int, str] = {}
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in table.items() if parent in frontier} - set(found)
+        for child in frontier:
+            try:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                found[child] = ""
+    return found
+
+
+def _engine_core(pid: int) -> dict[int, str] | None:
+    """The worker's descendants once one of them is vLLM's EngineCore (it names itself VLLM::EngineCore)."""
+    found = _descendants(pid)
+    return found if any("EngineCore" in line for line in found.values()) else None
+
+
+@pytest.mark.parametrize("moment", ["before-engine", "engine-loading", "engine-loaded"])
+def test_a_worker_killed_at_any_moment_leaves_no_engine_process(env, settings, tmp_path, moment):
+    """SIGKILL on a vLLM worker's main process (as the OOM killer does) before its engine starts, as soon
+    as its EngineCore exists (the model not loaded yet), and once loaded and idle: within 30 s, nothing it
+    started is left (mid-batch: test_killed_worker_leaves_no_engine_and_the_next_tags_its_repos)."""
+    env = {**env, "TAGGER_BACKEND": "vllm"}
+    log = tmp_path / "worker.log"
+    with worker_process(env, log=log) as worker:
+        if moment == "before-engine":
+            # Its reaper watches: the worker is about to start the engine, none of it is there yet.
+            started = wait_until(lambda: [p for p, line in _descendants(worker.pid).items()
+                                          if "tagger.backends.reaper" in line], timeout=MODEL_LOAD_S,
+                                 interval=0.01, what="the worker's reaper")
+            assert started
+        elif moment == "engine-loading":
+            wait_until(lambda: _engine_core(worker.pid), timeout=MODEL_LOAD_S, interval=0.01,
+                       what="vLLM's EngineCore started")
+            assert not log_events(log, "vllm_engine_started"), "the engine had loaded already"
+        else:
+            engine_pids(log)
+        family = _descendants(worker.pid)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        killed_at = time.monotonic()
+        # What the worker had started, and whatever those started after (the engine goes on loading).
+        watched = {pid: line for pid, line in family.items() if "resource_tracker" not in line}
+
+        def left() -> dict[int, str]:
+            now = {pid: line for pid, line in watched.items() if alive(pid)}
+            for pid in list(now):
+                now |= _descendants(pid)
+            return now
+
+        wait_until(lambda: not left(), timeout=30, interval=0.2, what=f"no engine process left ({moment})")
+        gone_s = time.monotonic() - killed_at
+    figure(f"vllm_sigkill_{moment.replace('-', '_')}", processes=len(watched), gone_after_kill_s=round(gone_s, 1))
