@@ -21,6 +21,9 @@ CHUNK_BYTES = 32 * 1024 * 1024  # a chunk of huge READMEs is written early, not 
 DEFAULT_README_MAX_BYTES = 1024 * 1024
 READ_PIECE = 1024 * 1024  # how much of an oversized line is read at a time
 _SPECIAL = re.compile(rb'[\\"]')  # what changes the scanner's state inside and outside JSON strings
+_STRING_REST = re.compile(rb'(?:[^"\\]+|\\u[0-9a-fA-F]{4}|\\[^u])*')  # a string's content, to its end or an escape cut short
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_UNICODE_ESCAPE = re.compile(rb"\\u[0-9a-fA-F]{4}")
 
 
 @dataclass
@@ -97,6 +100,20 @@ def read_line(stream: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
                 kept.extend(piece[pos:quote + 1])
                 in_string, string_bytes, pos = True, 0, quote + 1
                 continue
+            if string_bytes > max_bytes and end - pos > 8:
+                # Cut already: only its end is sought, and its size counted, at the regex engine's pace.
+                # The piece's last bytes are left to the loop below, which carries an escape split
+                # between two pieces over.
+                rest = _STRING_REST.match(piece, pos, end - 8)
+                stop = rest.end() if rest else pos
+                skipped = piece[pos:stop]
+                string_bytes += len(skipped)
+                dropped += _decoded_size(skipped)
+                pos = stop
+                if piece[pos] == ord('"'):
+                    kept.append(ord('"'))
+                    in_string, pos = False, pos + 1
+                    continue
             match = _SPECIAL.search(piece, pos)
             if match is None:
                 add(piece[pos:])
@@ -121,6 +138,13 @@ def read_line(stream: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
             break
         piece = carry + following
     return bytes(kept), dropped
+
+
+def _decoded_size(content: bytes) -> int:
+    """UTF-8 bytes of the text a piece of JSON string content (whole escapes only) stands for."""
+    _, escapes = _ESCAPE.subn(b"", content)
+    unicode = _UNICODE_ESCAPE.findall(content)
+    return len(content) - (escapes - len(unicode)) - sum(6 - _escape_size(u) for u in unicode)
 
 
 def _escape_size(escape: bytes) -> int:
