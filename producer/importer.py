@@ -21,7 +21,8 @@ CHUNK_BYTES = 32 * 1024 * 1024  # a chunk of huge READMEs is written early, not 
 DEFAULT_README_MAX_BYTES = 1024 * 1024
 READ_PIECE = 1024 * 1024  # how much of an oversized line is read at a time
 _SPECIAL = re.compile(rb'[\\"]')  # what changes the scanner's state inside and outside JSON strings
-_STRING_REST = re.compile(rb'(?:[^"\\]+|\\u[0-9a-fA-F]{4}|\\[^u])*')  # a string's content, to its end or an escape cut short
+# A string's content, up to its end or an escape cut short.
+_STRING_REST = re.compile(rb'(?:[^"\\]+|\\u[0-9a-fA-F]{4}|\\[^u])*')
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _UNICODE_ESCAPE = re.compile(rb"\\u[0-9a-fA-F]{4}")
 
@@ -58,8 +59,10 @@ def _truncate(text: str, max_bytes: int) -> tuple[str, int]:
 def read_line(stream: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
     """The next line of ``stream`` (b"" at its end), with every JSON string in it longer than ``max_bytes``
     (a huge README) cut to that many bytes, never inside an escape or a character; and how many bytes
-    of text were cut (as decoded: an escape counts as the character it stands for). Memory stays within a few times ``max_bytes`` however long the line is: a line longer than
-    that is read piece by piece, and the rest of a long string is only scanned for where it ends."""
+    of text were cut (as decoded: an escape counts as the character it stands for; off by a byte or two
+    when the cut splits a surrogate pair). Memory stays within a few times ``max_bytes`` however long the
+    line is: a line longer than that is read piece by piece, and the rest of a long string is only
+    scanned for where it ends."""
     limit = 2 * max_bytes + READ_PIECE  # a line up to this long is returned whole, parsed as it is
     piece = stream.readline(limit)
     if len(piece) < limit or piece.endswith(b"\n"):
