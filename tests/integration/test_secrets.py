@@ -152,6 +152,7 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a whole test module in a pytest of its own
 def test_the_bad_input_suite_with_passwords_in_both_urls_shows_neither(redis_with_password, repo_root, tmp_path):
     """Every error path of tests/integration/test_bad_input.py, run with passwords in both URLs: the
     plugin tests.support.secrets fails any test that sees one in an output, a log or a file."""
