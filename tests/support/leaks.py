@@ -5,7 +5,8 @@ A leaked process is how a test that failed once makes later ones fail too: its p
 garbage-collected in whatever test runs then, as "unraisable" ResourceWarnings (an error under
 filterwarnings=error), and it may hold a database or a queue another test waits on. Processes a fixture
 starts at setup (a session's servers) are not the test's: only those started by the test's body that
-are still there after its teardown count.
+are still there after its teardown count; nor the session's embedded PostgreSQL and Redis
+(tests.support.services starts them on first use, which may be inside a test).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+
+from tagger import servers
 
 _KEY = pytest.StashKey[set[int]]()
 
@@ -34,13 +37,20 @@ def _processes() -> dict[int, tuple[int, str]]:
     return found
 
 
-def _children() -> set[int]:
-    """This process's descendants that still run (zombies excluded: they hold nothing but a pid)."""
-    table = _processes()
-    ours, frontier = set(), {os.getpid()}
+def _descendants(table: dict[int, tuple[int, str]], roots: set[int]) -> set[int]:
+    found, frontier = set(), set(roots)
     while frontier:
-        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - ours
-        ours |= frontier
+        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _children() -> set[int]:
+    """This process's descendants that still run (zombies excluded: they hold nothing but a pid), but for
+    the embedded servers and theirs."""
+    table = _processes()
+    embedded = {proc.pid for proc in getattr(servers, "_live", ())}
+    ours = _descendants(table, {os.getpid()}) - embedded - _descendants(table, embedded)
     return {pid for pid in ours if table[pid][1] != "Z"}
 
 
