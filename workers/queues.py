@@ -39,5 +39,5 @@ def queue_depth(broker_url: str, queue: str) -> int:
             pipe.llen(queue + suffix)
         return int(sum(pipe.execute()))
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"cannot read queue depth from {masked(broker_url)}: {scrub(str(exc), broker_url)} (is Redis running where "
-                                "TAGGER_BROKER_URL points?)") from exc
+        raise BrokerUnavailable(f"cannot read queue depth from {masked(broker_url)}: {scrub(str(exc), broker_url)} "
+                                "(is Redis running where TAGGER_BROKER_URL points?)") from exc
