@@ -1,7 +1,7 @@
 """repos.readme_size: the original size of a README stored cut to TAGGER_README_MAX_BYTES
 
-Revision ID: 0004_readme_size
-Revises: 0003_arrays
+Revision ID: 0005_readme_size
+Revises: 0004_run_sent_at
 Create Date: 2026-12-06 22:00:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_readme_size"
-down_revision = "0003_arrays"
+revision = "0005_readme_size"
+down_revision = "0004_run_sent_at"
 branch_labels = None
 depends_on = None
 
