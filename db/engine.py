@@ -99,3 +99,11 @@ def create_database_if_missing(url: str) -> bool:
             return True
     finally:
         admin.dispose()
+
+
+@contextmanager
+def autocommit(url: str) -> Iterator[Connection]:
+    """A connection without a transaction, for work that is one statement (a read: its own snapshot; a
+    write: atomic by itself): no BEGIN and COMMIT round trips; driver errors translated."""
+    with translate_errors(), get_engine(url).connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from db.configuration import Configuration
 from db.dead_letters import DeadLetter
-from db.engine import transaction
+from db.engine import autocommit, transaction
 from db.models import ResultRow
 from db.repos import ReadmeRow, fetch_readmes
 from db.runs import Run, get_run, lock_run_for_write
@@ -177,7 +177,9 @@ def process_batch(runtime: Runtime, repo_ids: Sequence[str], task_id: str | None
     url = runtime.settings.database_url
     ids = sorted(set(repo_ids))
     run = runtime.known_runs.get(run_id) if run_id is not None else None
-    with transaction(url) as conn:
+    # Reads outside a transaction (each statement its own snapshot; a run's row never changes kind):
+    # no BEGIN and COMMIT round trips before the model.
+    with autocommit(url) as conn:
         if run_id is not None and run is None:
             run = get_run(conn, run_id)
         readmes = fetch_readmes(conn, ids)
