@@ -52,23 +52,30 @@ def mark_done(conn: Connection, ids: Sequence[str], task_id: str | None) -> None
 
 
 _QUEUED_UPSERT = {
-    reset: sa.text(f"""
+    (reset, count): sa.text(f"""
+        {"WITH counted AS (UPDATE runs SET enqueued = enqueued + :n WHERE id = :run_id)" if count else ""}
         INSERT INTO jobs (repo_id, state, attempts, queued_at, run_id)
         SELECT repo_id, 'queued', 0, :now, CAST(:run_id AS int) FROM unnest(CAST(:ids AS text[])) AS repo_id
         ON CONFLICT (repo_id) DO UPDATE SET
             state = 'queued', queued_at = excluded.queued_at, updated_at = now(), run_id = excluded.run_id
             {", attempts = 0" if reset else ""}
     """)
-    for reset in (True, False)
+    for reset in (True, False) for count in (True, False)
 }
 
 
 def mark_queued(
-    conn: Connection, ids: Sequence[str], *, reset_attempts: bool = True, run_id: int | None = None
+    conn: Connection, ids: Sequence[str], *, reset_attempts: bool = True, run_id: int | None = None,
+    count_for_run: bool = False,
 ) -> None:
-    """Record that ``ids`` were sent to the queue now (the sweeper measures from this time), by ``run_id``."""
+    """Record that ``ids`` were sent to the queue now (the sweeper measures from this time), by ``run_id``;
+    ``count_for_run``: add them to the run's enqueued count in the same statement (one round trip a
+    batch for the producer: a single statement is atomic without a transaction around it)."""
     if ids:
-        conn.execute(_QUEUED_UPSERT[reset_attempts], {"ids": sorted(set(ids)), "now": utcnow(), "run_id": run_id})
+        count = count_for_run and run_id is not None
+        conn.execute(_QUEUED_UPSERT[reset_attempts, count],
+                     {"ids": sorted(set(ids)), "now": utcnow(), "run_id": run_id}
+                     | ({"n": len(ids)} if count else {}))
 
 
 def schedule_retries(conn: Connection, retries: Sequence[tuple[str, int, float, str]], task_id: str | None) -> None:

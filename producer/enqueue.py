@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from tqdm import tqdm
 
 from db.configuration import Configuration
-from db.engine import get_engine, transaction, translate_errors
+from db.engine import autocommit, get_engine, transaction, translate_errors
 from db.jobs import mark_queued
 from db.locks import advisory_lock, advisory_unlock, try_advisory_lock
 from db.progress import mark_run_sent
@@ -194,10 +194,12 @@ class Sender:
             if run_id is None and self.report.run_id is None and self.run is not None:
                 self.report.run_id = record_run(self.settings, self.run, self.selection)
             run_id = run_id if run_id is not None else self.report.run_id
-            with transaction(self.settings.database_url) as conn:
+            counted = run_id is not None and reset_attempts
+            # One statement, so no transaction: the jobs and the run's count are written together or not.
+            with autocommit(self.settings.database_url) as conn:
                 if not self.shadow:
-                    mark_queued(conn, batch, reset_attempts=reset_attempts, run_id=run_id)
-                if run_id is not None and reset_attempts:
+                    mark_queued(conn, batch, reset_attempts=reset_attempts, run_id=run_id, count_for_run=counted)
+                elif run_id is not None and reset_attempts:
                     add_run_enqueued(conn, run_id, len(batch))
             try:
                 self.app.send_task(TAG_BATCH, (batch, run_id), queue=self.settings.queue, retry=True,
