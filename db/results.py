@@ -64,6 +64,15 @@ _ARCHIVE_REPLACED = sa.text(f"""
     WHERE backend <> 'manual' AND readme_version <= new_version
       AND (run_id IS NULL OR new_run IS NULL OR run_id <> new_run)
 """)
+# The archive and the replacement in one statement (one round trip and executor start a batch): the
+# archive is a data-modifying CTE the upsert's rows depend on (its count, joined to each), so it runs to
+# completion first, locking and copying the old versions before the upsert (same command) replaces them.
+_HISTORY_INSERT = ")\n    INSERT INTO result_history"
+_ARCHIVE_AND_REPLACE = sa.text(
+    _ARCHIVE_REPLACED.text.replace(_HISTORY_INSERT, "), archived AS (" + _HISTORY_INSERT[1:], 1).rstrip()
+    + "\n    RETURNING 1\n)"
+    + _RESULTS_UPSERT.text.replace("\n    FROM unnest(", "\n    FROM (SELECT count(*) FROM archived) AS a, unnest(", 1)
+)
 
 
 def any_of(values: Sequence[Any], item: Any = None) -> Any:
@@ -88,9 +97,7 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     inserted = set(conn.execute(_RESULTS_INSERT, _arrays(ordered)).scalars())
     rest = [row for row in ordered if row["repo_id"] not in inserted]
     if rest:
-        arrays = _arrays(rest)
-        conn.execute(_ARCHIVE_REPLACED, {k: arrays[k] for k in ("repo_id", "readme_version", "run_id")})
-        conn.execute(_RESULTS_UPSERT, arrays)
+        conn.execute(_ARCHIVE_AND_REPLACE, _arrays(rest))
 
 
 def _arrays(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
