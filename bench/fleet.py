@@ -324,6 +324,10 @@ def _first_words(statement: str) -> str:
     return head[:80]
 
 
+def _autocommit(conn: Any) -> bool:
+    return bool(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+
 @contextmanager
 def counting(url: str) -> Iterator[Counter[str]]:
     """Every statement, BEGIN, COMMIT and pool checkout (a pre-ping: one round trip) on ``url``'s engine."""
@@ -335,8 +339,9 @@ def counting(url: str) -> Iterator[Counter[str]]:
 
     listeners: list[tuple[Any, str, Callable[..., None]]] = [
         (engine, "before_cursor_execute", statement),
-        (engine, "begin", lambda conn: counts.update(["begin"])),
-        (engine, "commit", lambda conn: counts.update(["commit"])),
+        # A connection in autocommit sends no BEGIN or COMMIT (SQLAlchemy's events fire all the same).
+        (engine, "begin", lambda conn: None if _autocommit(conn) else counts.update(["begin"])),
+        (engine, "commit", lambda conn: None if _autocommit(conn) else counts.update(["commit"])),
         (engine.pool, "checkout", lambda *args: counts.update(["ping"])
          if getattr(engine.pool, "_pre_ping", False) else None),
     ]
