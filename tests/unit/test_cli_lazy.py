@@ -73,3 +73,24 @@ def test_a_command_loads_on_first_use_and_unknown_names_stay_unknown():
     ctx = click.Context(cli)
     assert isinstance(cli.get_command(ctx, "status"), click.Command)
     assert cli.get_command(ctx, "no-such-command") is None
+
+
+# `tagger status` is what an operator runs most: its path loads SQLAlchemy's core, psycopg and redis-py,
+# and nothing of the ORM, the queue's Celery/Kombu, the producer, the worker's batch path or a model.
+NOT_FOR_STATUS = ("sqlalchemy.orm", "celery", "kombu", "producer", "workers.batch", "workers.tasks", "db.work",
+                  "tagger.engine", "alembic", "tqdm", "numpy", "torch", "vllm", "llama_cpp", "prometheus_client")
+
+
+def test_status_loads_none_of_the_modules_it_does_not_need():
+    seen = _in_fresh_interpreter(
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "import cli\n"
+        "out = CliRunner().invoke(cli.cli, ['status', '--help'], terminal_width=200).output\n"
+        "print(json.dumps({'imported': sorted(sys.modules), 'out': out}))\n"
+    )
+    assert "--run" in str(seen["out"])
+    imported = set(seen["imported"])  # type: ignore[call-overload]
+    assert "cli.status" in imported
+    loaded = sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_FOR_STATUS))
+    assert loaded == []
