@@ -5,6 +5,9 @@ Signals (each a number per tag, computed for every tag of the taxonomy):
 - ``kw_lead``: mentions of the tag (its name or our synonyms) in the README's lead: the title, the first
   paragraphs and the headings. What a README says first and in its outline is what the repo *is*.
 - ``kw_body``: mentions anywhere else in the README's head (usage, examples): weaker evidence.
+- ``kw_title``: mentions in the README's first paragraph alone (its title line), and ``kw_headings``:
+  mentions in its heading lines alone; both are also part of ``kw_lead``: the fit weighs a title or an
+  outline that names a tag apart from a tagline that mentions it in passing.
 - ``name``: the tag (or a synonym) is a word of the repository's name (``OpenBMB/MiniCPM``).
 - ``emb``: cosine similarity between the README and the tag's description (MiniLM), and
 - ``emb_gap``: the same minus the README's best similarity: how far a tag is from the nearest one.
@@ -45,7 +48,10 @@ from tagger.structure import CUE_TAG, FORM_CUES, form_cues
 
 MAX_TAGS = 3
 FEATURES: tuple[str, ...] = ("kw_lead", "kw_body", "name", "emb", "emb_gap", "cli_usage", "lib_cue", "framework_cue",
-                             "web_app_cue", "learning_cue", "judge")
+                             "web_app_cue", "learning_cue", "judge", "kw_title", "kw_headings")
+# Signals added after profiles were shipped: a profile's version names them only when it weighs them,
+# so profiles fitted before they existed keep their version (and their stored results stay fresh).
+LATER_FEATURES = frozenset({"kw_title", "kw_headings"})
 EMBEDDING_FEATURES = frozenset({"emb", "emb_gap"})
 PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 # The README head the signals read: more than an LLM prompt holds (mentions further down still count,
@@ -108,7 +114,8 @@ class Profile:
     @property
     def version(self) -> str:
         """A short digest of what changes answers: results record it, so a new profile makes them stale."""
-        content: dict[str, Any] = {"w": {f: round(self.weight(f), 6) for f in FEATURES}, "b": round(self.bias, 6),
+        content: dict[str, Any] = {"w": {f: round(self.weight(f), 6) for f in FEATURES
+                                         if f not in LATER_FEATURES or self.weight(f)}, "b": round(self.bias, 6),
                                    "t": round(self.threshold, 6), "k": self.judge_k}
         # Added only when set: profiles from before these existed keep their version (and results stay fresh).
         if self.ratio:
@@ -228,8 +235,10 @@ class Signals:
 
 
 def keyword_signals(text: str, repo_name: str, names: Sequence[str]) -> dict[str, list[float]]:
-    """``kw_lead``, ``kw_body`` and ``name`` for every tag of ``names``, from a cleaned README head."""
+    """``kw_lead``, ``kw_body``, ``name``, ``kw_title`` and ``kw_headings`` for every tag of ``names``, from a cleaned README head."""
     lead_text, body_text = split_lead(text)
+    title = count_mentions(_PARAGRAPHS.split(text.strip(), maxsplit=1)[0])
+    headings = count_mentions("\n".join(line for line in text.split("\n") if _HEADING.match(line)))
     lead = count_mentions(lead_text)
     body = count_mentions(body_text)
     in_name = count_mentions(name_words(repo_name)) if repo_name else {}
@@ -237,6 +246,8 @@ def keyword_signals(text: str, repo_name: str, names: Sequence[str]) -> dict[str
         "kw_lead": [squash(lead.get(n, 0)) for n in names],
         "kw_body": [squash(body.get(n, 0)) for n in names],
         "name": [1.0 if in_name.get(n) else 0.0 for n in names],
+        "kw_title": [squash(title.get(n, 0)) for n in names],
+        "kw_headings": [squash(headings.get(n, 0)) for n in names],
     }
 
 

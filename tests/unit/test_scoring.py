@@ -62,6 +62,15 @@ def test_keyword_signals_weigh_where_a_mention_occurs() -> None:
     assert found["name"][at("yaml")] == 1.0 and found["name"][at("cli")] == 0.0
 
 
+def test_title_and_heading_mentions_are_signals_of_their_own() -> None:
+    names = tuple(TAXONOMY.names)
+    text = "# A database\n\nA cli for it.\n\nIntro.\n\n## Compiler notes\n\nMore."
+    found = keyword_signals(text, "someone/thing", names)
+    at = names.index
+    assert found["kw_title"][at("database")] > 0 and found["kw_title"][at("cli")] == 0
+    assert found["kw_headings"][at("compiler")] > 0 and found["kw_headings"][at("cli")] == 0
+
+
 def test_cjk_phrases_count_inside_sentences() -> None:
     counts = count_mentions("这是一个大语言模型,支持深度学习。")
     assert counts.get("ai") == 2
