@@ -235,7 +235,8 @@ class Signals:
 
 
 def keyword_signals(text: str, repo_name: str, names: Sequence[str]) -> dict[str, list[float]]:
-    """``kw_lead``, ``kw_body``, ``name``, ``kw_title`` and ``kw_headings`` for every tag of ``names``, from a cleaned README head."""
+    """``kw_lead``, ``kw_body``, ``name``, ``kw_title`` and ``kw_headings`` for every tag of ``names``, from
+    a cleaned README head."""
     lead_text, body_text = split_lead(text)
     title = count_mentions(_PARAGRAPHS.split(text.strip(), maxsplit=1)[0])
     headings = count_mentions("\n".join(line for line in text.split("\n") if _HEADING.match(line)))
