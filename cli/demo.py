@@ -19,10 +19,8 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
-from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from cli.base import settings_with
@@ -38,20 +36,10 @@ from tagger.logs import configure_logging
 from tagger.samples import sample_rows
 from tagger.servers import Server, postgres_server, redis_server, terminate_on_sigterm
 from tagger.settings import Settings
+from tagger.urls import masked
 
 DEMO_QUEUE = "tagger-demo"
 WORKER_STOP_S = 30.0
-
-
-def masked(url: str) -> str:
-    """``url`` with its password, if any, as ***."""
-    if url.startswith("postgresql"):
-        return make_url(url).render_as_string(hide_password=True)
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _describe(kind: str, url: str, server: Server | None, folder: Path | None) -> str:

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import redis
 
-from cli.demo import masked
 from tagger.servers import postgres_server, redis_server
+from tagger.urls import masked
 
 
 def _alive(pid: int) -> bool:
