@@ -134,8 +134,8 @@ def promote(run_id: int) -> None:
     click.echo(f"promoted {report.promoted} results of canary {run_id}"
                + (f"; {report.already} promoted before" if report.already else ""))
     if report.skipped:
-        sample = ", ".join(report.skipped[:10])
-        click.echo(f"not promoted (pinned by hand, or README changed since): {len(report.skipped)}: {sample}",
+        sample = ", ".join(report.skipped_sample[:10]) + (" …" if report.skipped > 10 else "")
+        click.echo(f"not promoted (pinned by hand, or README changed since): {report.skipped}: {sample}",
                    err=True)
     if report.pending:
         click.echo(f"{report.pending} repos of the sample are not tagged yet: promote again once they are", err=True)
@@ -147,11 +147,12 @@ def rollback_(run_id: int) -> None:
     """Restore, for every repo RUN changed, the version before it; repos changed again since, or pinned,
     are reported and left alone. The run's batches still in flight are dropped when they arrive."""
     report = rollback(settings_with(), run_id)
-    click.echo(f"run {run_id} rolled back: {len(report.restored)} restored, {len(report.removed)} untagged "
+    click.echo(f"run {run_id} rolled back: {report.restored} restored, {report.removed} untagged "
                f"(the run had tagged them first)")
-    for what, ids in (("changed again since", report.changed_since), ("pinned by hand", report.pinned)):
-        if ids:
-            click.echo(f"not touched, {what}: {len(ids)}: {', '.join(ids[:10])}", err=True)
+    for what, n, ids in (("changed again since", report.changed_since, report.changed_since_sample),
+                         ("pinned by hand", report.pinned, report.pinned_sample)):
+        if n:
+            click.echo(f"not touched, {what}: {n}: {', '.join(ids[:10])}{' …' if n > 10 else ''}", err=True)
 
 
 @click.command("history")

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
-from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, manual_tags, result_history, results
-from db.results import any_of, archive_results, delete_results, restore_versions
+from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, result_history, results
 from db.runs import mark_run_rolled_back
 
 
@@ -69,42 +68,75 @@ def newest_machine_version(conn: Connection, repo_id: str) -> int | None:
     ).scalar()
 
 
+SAMPLE = 20  # ids a report names per kind: the counts are exact, the sample bounded whatever the run's size
+
+
 @dataclass
 class RollbackReport:
-    restored: list[str] = field(default_factory=list)  # the version before the run is live again
-    removed: list[str] = field(default_factory=list)  # the run tagged them first: untagged again
-    changed_since: list[str] = field(default_factory=list)  # replaced after the run: not touched
-    pinned: list[str] = field(default_factory=list)  # tags pinned by hand since: not touched
+    """What a rollback did, as counts, with a bounded sample of the ids left alone."""
+
+    restored: int = 0  # the version before the run is live again
+    removed: int = 0  # the run tagged them first: untagged again
+    changed_since: int = 0  # replaced after the run: not touched
+    pinned: int = 0  # tags pinned by hand since: not touched
+    changed_since_sample: list[str] = field(default_factory=list)
+    pinned_sample: list[str] = field(default_factory=list)
+
+
+_VERSION_COLUMNS = ", ".join(VERSION_NAMES)
+_RESTORED_COLUMNS = ", ".join(f"{name} = h.{name}" for name in VERSION_NAMES if name != "repo_id")
+# The repos the run replaced a version of and no longer holds (replaced again since, or pinned): left
+# alone. Read before anything moves; counted exactly, named by a bounded sample.
+_LEFT_ALONE = sa.text("""
+    WITH gone AS (
+        SELECT DISTINCT h.repo_id, m.repo_id IS NOT NULL AS pinned
+        FROM result_history h LEFT JOIN manual_tags m ON m.repo_id = h.repo_id
+        WHERE h.run_id = :run AND h.replaced_reason <> 'rollback'
+          AND NOT EXISTS (SELECT 1 FROM results r WHERE r.repo_id = h.repo_id AND r.run_id = :run)
+    )
+    SELECT pinned, count(*), (array_agg(repo_id ORDER BY repo_id))[1:CAST(:sample AS int)]
+    FROM gone GROUP BY pinned
+""")
+# The run's live results, locked in id order (one row back, whatever their number).
+_LOCK_RUN_RESULTS = sa.text("""
+    SELECT count(*) FROM (SELECT 1 FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE) AS locked
+""")
+_ARCHIVE_RUN_RESULTS = sa.text(f"""
+    INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
+    SELECT {_VERSION_COLUMNS}, NULL, 'rollback' FROM results WHERE run_id = :run ORDER BY repo_id
+""")
+# The run tagged them first (it replaced no version of theirs): untagged again.
+_DELETE_FIRST_TAGGED = sa.text("""
+    DELETE FROM results r WHERE r.run_id = :run
+      AND NOT EXISTS (SELECT 1 FROM result_history h WHERE h.replaced_by_run = :run AND h.repo_id = r.repo_id)
+""")
+# Per repo, the first version the run replaced: what was live before it.
+_RESTORE_BEFORE = sa.text(f"""
+    UPDATE results SET {_RESTORED_COLUMNS}, changed_at = now()
+    FROM result_history h
+    JOIN (SELECT min(id) AS id FROM result_history WHERE replaced_by_run = :run GROUP BY repo_id) AS first
+      ON first.id = h.id
+    WHERE results.repo_id = h.repo_id AND results.run_id = :run
+""")
 
 
 def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
     """For every repo run ``run_id`` wrote, restore the version before it, except repos changed since or
     pinned. Marks the run rolled back first (with the run row locked: the run's writes in flight are in,
-    and its later writes are dropped by the workers). In the caller's transaction: all or nothing."""
+    and its later writes are dropped by the workers). In the caller's transaction: all or nothing.
+
+    Set-based: a handful of statements whatever the run's size (archive, delete, restore, each one
+    INSERT/DELETE/UPDATE over the run's rows), and the client holds only counts and a bounded sample."""
     mark_run_rolled_back(conn, run_id)
-    mine = list(conn.execute(
-        sa.select(results.c.repo_id).where(results.c.run_id == run_id).order_by(results.c.repo_id).with_for_update()
-    ).scalars())
-    # Per repo, the first version the run replaced: what was live before it.
-    before: dict[str, int] = dict(conn.execute(
-        sa.select(result_history.c.repo_id, sa.func.min(result_history.c.id))
-        .where(result_history.c.replaced_by_run == run_id, result_history.c.repo_id == any_of(mine))
-        .group_by(result_history.c.repo_id)
-    ).all())
-    archive_results(conn, mine, "rollback")
-    restore_versions(conn, sorted(before.values()))
+    params = {"run": run_id, "sample": SAMPLE}
     report = RollbackReport()
-    for repo_id in mine:
-        (report.restored if repo_id in before else report.removed).append(repo_id)
-    delete_results(conn, report.removed)
-    gone = conn.execute(
-        sa.select(result_history.c.repo_id, manual_tags.c.repo_id.is_not(None))
-        .outerjoin(manual_tags, manual_tags.c.repo_id == result_history.c.repo_id)
-        .where(result_history.c.run_id == run_id, result_history.c.replaced_reason != "rollback")
-        .distinct().order_by(result_history.c.repo_id)
-    ).all()
-    touched = set(mine)
-    for repo_id, pinned in gone:
-        if repo_id not in touched:
-            (report.pinned if pinned else report.changed_since).append(repo_id)
+    for pinned, n, sample in conn.execute(_LEFT_ALONE, params):
+        if pinned:
+            report.pinned, report.pinned_sample = int(n), list(sample)
+        else:
+            report.changed_since, report.changed_since_sample = int(n), list(sample)
+    conn.execute(_LOCK_RUN_RESULTS, params)
+    conn.execute(_ARCHIVE_RUN_RESULTS, params)
+    report.removed = conn.execute(_DELETE_FIRST_TAGGED, params).rowcount
+    report.restored = conn.execute(_RESTORE_BEFORE, params).rowcount
     return report

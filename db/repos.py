@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
+from db.counts import table_counts
 from db.models import MANUAL, dead_letters, jobs, repos, results
 from tagger.readme import readme_hash
 
@@ -89,7 +90,7 @@ def repo_exists(conn: Connection, repo_id: str) -> bool:
 
 
 def count_repos(conn: Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.count()).select_from(repos)).scalar_one())
+    return table_counts(conn).get("repos", 0)
 
 
 def page_repo_ids(
