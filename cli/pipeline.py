@@ -97,16 +97,16 @@ def import_(file: str) -> None:
         click.echo(f"warning: {message}", err=True)
     for message in report.errors[:200]:
         click.echo(f"error: {message}", err=True)
-    if len(report.errors) > 200:
-        click.echo(f"error: ... and {len(report.errors) - 200} more rejected lines", err=True)
+    if report.rejected > 200:
+        click.echo(f"error: ... and {report.rejected - 200} more rejected lines", err=True)
     if report.duplicates:
         click.echo(f"note: {report.duplicates} lines repeated an earlier id: the last line of each id was imported",
                    err=True)
     if report.truncated:
         click.echo(f"note: {report.truncated} READMEs were longer than {settings.readme_max_bytes} bytes "
                    "(TAGGER_README_MAX_BYTES): their head was stored, and their original size", err=True)
-    click.echo(f"imported {report.imported} repos; rejected {len(report.errors)} lines")
-    if report.errors:
+    click.echo(f"imported {report.imported} repos; rejected {report.rejected} lines")
+    if report.rejected:
         sys.exit(1)
 
 

@@ -1,4 +1,4 @@
-"""Rows per table and jobs per state, as the triggers of migration 0004_row_counts keep them: what
+"""Rows per table and jobs per state, as the triggers of migration 0006_row_counts keep them: what
 `tagger status` and a metrics scrape read, in time independent of the index's size."""
 
 from __future__ import annotations

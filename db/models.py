@@ -238,7 +238,7 @@ shadow_results = Table(
     CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
 )
 
-# Rows per table (and jobs per state), kept by statement-level triggers (migration 0004_row_counts) so
+# Rows per table (and jobs per state), kept by statement-level triggers (migration 0006_row_counts) so
 # that `tagger status` and a metrics scrape read a few rows instead of counting the index. Each writing
 # statement appends its net change as a row: writers never wait on one another for a counter row, and
 # the reader folds the deltas into row_counts (db.counts.table_counts).

@@ -1,8 +1,8 @@
 """the whole index: row counts kept by triggers (status and metrics read them), results.changed_at
 (incremental export, the tag rate) and history's replaced_at indexed (removals, pruning)
 
-Revision ID: 0004_row_counts
-Revises: 0003_arrays
+Revision ID: 0006_row_counts
+Revises: 0005_readme_size
 Create Date: 2026-12-06 23:00:00.000000
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_row_counts"
-down_revision = "0003_arrays"
+revision = "0006_row_counts"
+down_revision = "0005_readme_size"
 branch_labels = None
 depends_on = None
 
@@ -59,6 +59,10 @@ def upgrade() -> None:
     op.execute("UPDATE results SET changed_at = tagged_at")
     op.create_index("ix_results_changed_at", "results", ["changed_at"])
     op.create_index("ix_result_history_replaced_at", "result_history", ["replaced_at"])
+    # READMEs compressed with lz4 rather than pglz: an import's server time was mostly pglz (measured:
+    # 4,000 rows/s against 13,600 of 4.9 KB READMEs). A server built without lz4 keeps pglz.
+    op.execute("DO $$ BEGIN ALTER TABLE repos ALTER COLUMN readme SET COMPRESSION lz4; "
+               "EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL; END $$")
     op.create_table("row_counts", sa.Column("name", sa.Text(), nullable=False),
                     sa.Column("n", sa.BigInteger(), nullable=False),
                     sa.PrimaryKeyConstraint("name", name="pk_row_counts"))
@@ -88,6 +92,7 @@ def downgrade() -> None:
         op.execute(f"DROP FUNCTION {name}()")
     op.drop_table("row_count_deltas")
     op.drop_table("row_counts")
+    op.execute("ALTER TABLE repos ALTER COLUMN readme SET COMPRESSION default")
     op.drop_index("ix_result_history_replaced_at", "result_history")
     op.drop_index("ix_results_changed_at", "results")
     op.drop_column("results", "changed_at")
