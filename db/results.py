@@ -243,14 +243,6 @@ def least_confident_results(conn: Connection, limit: int) -> list[ReviewItem]:
     return [ReviewItem.from_row(row) for row in conn.execute(query).mappings()]
 
 
-def outdated_result_ids(conn: Connection) -> set[str]:
-    """Repos whose result was computed from another README than their current one."""
-    query = sa.select(results.c.repo_id).join(repos, repos.c.id == results.c.repo_id).where(
-        results.c.readme_hash != repos.c.readme_hash
-    )
-    return set(conn.execute(query).scalars())
-
-
 @dataclass(frozen=True, slots=True)
 class ResultTotals:
     count: int
