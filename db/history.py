@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
-from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, result_history, results
+from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, pruned_runs, result_history, results
 from db.runs import mark_run_rolled_back
+from tagger.errors import InputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,10 @@ def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
 
     Set-based: a handful of statements whatever the run's size (archive, delete, restore, each one
     INSERT/DELETE/UPDATE over the run's rows), and the client holds only counts and a bounded sample."""
+    pruned = conn.execute(sa.select(pruned_runs.c.versions).where(pruned_runs.c.run_id == run_id)).scalar()
+    if pruned is not None:
+        raise InputError(f"run {run_id} can no longer be rolled back: `tagger history prune` deleted {pruned} "
+                         "of the versions it replaced")
     mark_run_rolled_back(conn, run_id)
     params = {"run": run_id, "sample": SAMPLE}
     report = RollbackReport()
@@ -140,3 +145,52 @@ def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
     report.removed = conn.execute(_DELETE_FIRST_TAGGED, params).rowcount
     report.restored = conn.execute(_RESTORE_BEFORE, params).rowcount
     return report
+
+
+# History retention. A version is pruned when it is past every retention given: beyond the repo's
+# ``keep`` newest versions, and replaced before ``before``. One pass over history (its (repo_id, id)
+# index gives each repo's versions newest first), into a temporary table the report and the delete read.
+_DOOMED = sa.text("""
+    CREATE TEMP TABLE prune_doomed ON COMMIT DROP AS
+    SELECT id, replaced_by_run FROM (
+        SELECT id, replaced_by_run, replaced_at,
+               row_number() OVER (PARTITION BY repo_id ORDER BY id DESC) AS newer
+        FROM result_history
+    ) AS h
+    WHERE (CAST(:keep AS int) IS NULL OR newer > :keep)
+      AND (CAST(:before AS timestamptz) IS NULL OR replaced_at < :before)
+""")
+# Runs not rolled back yet that lose a version they replaced: their rollback becomes impossible.
+_LOST_ROLLBACKS = sa.text("""
+    SELECT d.replaced_by_run, count(*) FROM prune_doomed d JOIN runs r ON r.id = d.replaced_by_run
+    WHERE r.rolled_back_at IS NULL GROUP BY d.replaced_by_run ORDER BY d.replaced_by_run
+""")
+_PRUNE = sa.text("DELETE FROM result_history h USING prune_doomed d WHERE h.id = d.id")
+_MARK_PRUNED = sa.text("""
+    INSERT INTO pruned_runs (run_id, versions) SELECT run, n FROM unnest(CAST(:runs AS int[]), CAST(:ns AS bigint[]))
+        AS l(run, n)
+    ON CONFLICT (run_id) DO UPDATE SET versions = pruned_runs.versions + excluded.versions, pruned_at = now()
+""")
+
+
+@dataclass
+class PruneReport:
+    versions: int  # history rows deleted (or, dry run, that would be)
+    lost_rollbacks: dict[int, int]  # run -> its replaced versions deleted: its rollback is no longer possible
+    dry_run: bool
+
+
+def prune_history(conn: Connection, *, keep: int | None, before: datetime | None, dry_run: bool) -> PruneReport:
+    """Delete the history versions past the retention (set-based, in the caller's transaction), and say
+    which runs' rollbacks that makes impossible (those runs are recorded: their rollback is refused)."""
+    if keep is None and before is None:
+        raise InputError("give --keep N, --before DATE, or both")
+    conn.execute(_DOOMED, {"keep": keep, "before": before})
+    lost = {int(run): int(n) for run, n in conn.execute(_LOST_ROLLBACKS)}
+    if dry_run:
+        versions = int(conn.execute(sa.text("SELECT count(*) FROM prune_doomed")).scalar_one())
+        return PruneReport(versions, lost, dry_run=True)
+    versions = conn.execute(_PRUNE).rowcount
+    if lost:
+        conn.execute(_MARK_PRUNED, {"runs": list(lost), "ns": list(lost.values())})
+    return PruneReport(versions, lost, dry_run=False)

@@ -254,3 +254,12 @@ row_count_deltas = Table(
     Column("name", Text, nullable=False),
     Column("n", BigInteger, nullable=False),
 )
+
+# Runs whose replaced versions `tagger history prune` deleted: their rollback would restore too little
+# (a repo without its version before the run would be untagged instead), so it is refused.
+pruned_runs = Table(
+    "pruned_runs", metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("versions", BigInteger, nullable=False),  # replaced versions of the run deleted
+    Column("pruned_at", Timestamp, server_default=func.now(), nullable=False),
+)

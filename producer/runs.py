@@ -13,6 +13,7 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import structlog
 from db.canary import ShadowVsLive, insert_shadow_queued, promote_shadow_results, shadow_against_live
 from db.configuration import Configuration
 from db.engine import transaction
-from db.history import ResultVersion, RollbackReport, result_versions, rollback_run
+from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
 from db.pins import Pin, get_pin, pin_tags, unpin_tags
 from db.repos import repo_exists
 from db.runs import Run, create_run, get_run, lock_run, run_counts
@@ -319,3 +320,13 @@ def history(settings: Settings, raw_id: str) -> tuple[list[ResultVersion], Pin |
         pin = get_pin(conn, repo_id)
         names = {t.id: t.name for t in load_taxonomy(conn).tags}
     return versions, pin, names
+
+
+def prune(settings: Settings, *, keep: int | None, before: datetime | None, dry_run: bool) -> PruneReport:
+    """History retention (db.history.prune_history): one transaction."""
+    if keep is not None and keep < 0:
+        raise InputError(f"--keep must be 0 or more, not {keep}")
+    with transaction(settings.database_url) as conn:
+        report = prune_history(conn, keep=keep, before=before, dry_run=dry_run)
+    log.info("history_pruned", versions=report.versions, dry_run=dry_run, lost_rollbacks=sorted(report.lost_rollbacks))
+    return report

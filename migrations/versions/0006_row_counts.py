@@ -1,5 +1,6 @@
 """the whole index: row counts kept by triggers (status and metrics read them), results.changed_at
-(incremental export, the tag rate) and history's replaced_at indexed (removals, pruning)
+(incremental export, the tag rate), history's replaced_at indexed (removals, pruning), pruned runs, lz4
+READMEs
 
 Revision ID: 0006_row_counts
 Revises: 0005_readme_size
@@ -69,6 +70,10 @@ def upgrade() -> None:
     op.create_table("row_count_deltas", sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
                     sa.Column("name", sa.Text(), nullable=False), sa.Column("n", sa.BigInteger(), nullable=False),
                     sa.PrimaryKeyConstraint("id", name="pk_row_count_deltas"))
+    op.create_table("pruned_runs", sa.Column("run_id", sa.Integer(), autoincrement=False, nullable=False),
+                    sa.Column("versions", sa.BigInteger(), nullable=False),
+                    sa.Column("pruned_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+                    sa.PrimaryKeyConstraint("run_id", name="pk_pruned_runs"))
     for name, body in FUNCTIONS.items():
         op.execute(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body}; "
                    "RETURN NULL; END $$")
@@ -90,6 +95,7 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER {trigger} ON {table}")
     for name in FUNCTIONS:
         op.execute(f"DROP FUNCTION {name}()")
+    op.drop_table("pruned_runs")
     op.drop_table("row_count_deltas")
     op.drop_table("row_counts")
     op.execute("ALTER TABLE repos ALTER COLUMN readme SET COMPRESSION default")
