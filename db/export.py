@@ -17,12 +17,19 @@ from sqlalchemy.engine import Connection
 FETCH = 10_000  # rows per round trip of the server-side cursor
 
 
+# Each tag's JSON object ({"id", "name"}), keyed by its id, built once per export: a result's tags are
+# then looked up, not joined against the taxonomy row by row.
+_TAG_OBJECTS = "(SELECT jsonb_object_agg(CAST(id AS text), jsonb_build_object('id', id, 'name', name)) FROM tags)"
+
+
 def _tags(with_scores: bool) -> str:
-    """The result's tags in their order, names from the taxonomy (an id it no longer has is left out)."""
-    score = ", 'score', CAST(r.tag_scores[u.n] AS float8)" if with_scores else ""
+    """The result's tags in their order (an id the taxonomy no longer has is left out)."""
+    tag = "(t.m -> CAST(u.id AS text))"
+    if with_scores:
+        tag = f"({tag} || jsonb_build_object('score', CAST(r.tag_scores[u.n] AS float8)))"
     return f"""coalesce((
-        SELECT jsonb_agg(jsonb_build_object('id', t.id, 'name', t.name{score}) ORDER BY u.n)
-        FROM unnest(r.tag_ids) WITH ORDINALITY AS u(id, n) JOIN tags t ON t.id = u.id
+        SELECT jsonb_agg({tag} ORDER BY u.n) FROM unnest(r.tag_ids) WITH ORDINALITY AS u(id, n)
+        WHERE t.m ? CAST(u.id AS text)
     ), '[]'::jsonb)"""
 
 
@@ -38,7 +45,8 @@ STALE_SUFFIX = ', "stale": true}'  # how a stale line ends (jsonb puts the key l
 
 
 def _export_query(with_scores: bool) -> str:
-    return f"SELECT {_line(with_scores)} FROM results r JOIN repos p ON p.id = r.repo_id ORDER BY r.repo_id"
+    return (f"SELECT {_line(with_scores)} FROM results r JOIN repos p ON p.id = r.repo_id "
+            f"CROSS JOIN {_TAG_OBJECTS} AS t(m) ORDER BY r.repo_id")
 
 
 def _changed_query(with_scores: bool) -> str:
@@ -48,7 +56,8 @@ def _changed_query(with_scores: bool) -> str:
     return f"""
         SELECT line FROM (
             SELECT r.repo_id AS id, {_line(with_scores)} AS line
-            FROM results r JOIN repos p ON p.id = r.repo_id WHERE r.changed_at > :since
+            FROM results r JOIN repos p ON p.id = r.repo_id CROSS JOIN {_TAG_OBJECTS} AS t(m)
+            WHERE r.changed_at > :since
             UNION ALL
             SELECT DISTINCT h.repo_id, CAST(jsonb_build_object('id', h.repo_id, 'removed', true) AS text)
             FROM result_history h

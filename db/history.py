@@ -98,13 +98,11 @@ _LEFT_ALONE = sa.text("""
     SELECT pinned, count(*), (array_agg(repo_id ORDER BY repo_id))[1:CAST(:sample AS int)]
     FROM gone GROUP BY pinned
 """)
-# The run's live results, locked in id order (one row back, whatever their number).
-_LOCK_RUN_RESULTS = sa.text("""
-    SELECT count(*) FROM (SELECT 1 FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE) AS locked
-""")
+# The run's live results, locked in id order and archived, in one pass.
 _ARCHIVE_RUN_RESULTS = sa.text(f"""
     INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
-    SELECT {_VERSION_COLUMNS}, NULL, 'rollback' FROM results WHERE run_id = :run ORDER BY repo_id
+    SELECT {_VERSION_COLUMNS}, NULL, 'rollback'
+    FROM (SELECT * FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE) AS locked
 """)
 # The run tagged them first (it replaced no version of theirs): untagged again.
 _DELETE_FIRST_TAGGED = sa.text("""
@@ -140,7 +138,6 @@ def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
             report.pinned, report.pinned_sample = int(n), list(sample)
         else:
             report.changed_since, report.changed_since_sample = int(n), list(sample)
-    conn.execute(_LOCK_RUN_RESULTS, params)
     conn.execute(_ARCHIVE_RUN_RESULTS, params)
     report.removed = conn.execute(_DELETE_FIRST_TAGGED, params).rowcount
     report.restored = conn.execute(_RESTORE_BEFORE, params).rowcount
