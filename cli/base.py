@@ -174,8 +174,8 @@ COMMANDS: dict[str, LazyCommand] = {
          "behind basic auth."),
         ("health", "cli.ops:health", "Can the pipeline work: the database, the broker, and at least one worker "
          "answering a ping."),
-        ("history", "cli.runs:history_", "A repo's tags over time, newest first: the live version, then each one it "
-         "replaced."),
+        ("history", "cli.runs:history_group", "A repo's tags over time (`tagger history ID`), and history "
+         "retention (`tagger history prune`)."),
         ("import", "cli.pipeline:import_", 'Add or update repos from FILE, JSON Lines of {"id", "name", "readme"}; '
          "`-` reads standard input."),
         ("metrics", "cli.ops:metrics", "Serve the pipeline's state to Prometheus: /metrics, and /healthz "

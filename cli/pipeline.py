@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -12,9 +13,10 @@ import click
 
 from cli.base import operator, settings_with
 from db.engine import transaction
+from db.export import STALE_SUFFIX, database_now, iter_export_lines
 from db.migrate import upgrade
 from db.repos import Selection
-from db.results import iter_export, least_confident_results, outdated_result_ids
+from db.results import least_confident_results
 from db.taxonomy import count_repos_tagged_with, load_taxonomy, replace_taxonomy
 from db.work import LIVE, canary_store
 from producer.enqueue import EnqueueReport, RunSpec, enqueue_ids, enqueue_selection, sweep_stuck
@@ -24,6 +26,10 @@ from producer.runs import find_run
 from tagger.errors import InputError
 from tagger.files import atomic_write, output_path
 from tagger.taxonomy import Taxonomy
+
+# What --changed-since accepts: a date, or a time (with or without an offset, as `export` prints it).
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
+                "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
 
 
 @click.group()
@@ -97,16 +103,16 @@ def import_(file: str) -> None:
         click.echo(f"warning: {message}", err=True)
     for message in report.errors[:200]:
         click.echo(f"error: {message}", err=True)
-    if len(report.errors) > 200:
-        click.echo(f"error: ... and {len(report.errors) - 200} more rejected lines", err=True)
+    if report.rejected > 200:
+        click.echo(f"error: ... and {report.rejected - 200} more rejected lines", err=True)
     if report.duplicates:
         click.echo(f"note: {report.duplicates} lines repeated an earlier id: the last line of each id was imported",
                    err=True)
     if report.truncated:
         click.echo(f"note: {report.truncated} READMEs were longer than {settings.readme_max_bytes} bytes "
                    "(TAGGER_README_MAX_BYTES): their head was stored, and their original size", err=True)
-    click.echo(f"imported {report.imported} repos; rejected {len(report.errors)} lines")
-    if report.errors:
+    click.echo(f"imported {report.imported} repos; rejected {report.rejected} lines")
+    if report.rejected:
         sys.exit(1)
 
 
@@ -190,47 +196,53 @@ def sweep(older_than: int | None, canary_run: int | None) -> None:
               "complete).")
 @click.option("--with-scores", is_flag=True,
               help='Add each tag\'s confidence: {"id", "name", "score"} (null where the backend gave none).')
-def export(out: str | None, with_scores: bool) -> None:
+@click.option("--changed-since", "changed_since", type=click.DateTime(DATE_FORMATS), metavar="TIME",
+              help="Only repos whose live tags changed after TIME (new, re-tagged, pinned, unpinned, rolled "
+              'back); repos untagged since are written {"id": ..., "removed": true}. Give the "as of" time a '
+              "previous export printed. A naive TIME is UTC.")
+@click.option("--since-run", "since_run", type=int, metavar="RUN",
+              help="Like --changed-since, from the time RUN started.")
+def export(out: str | None, with_scores: bool, changed_since: datetime | None, since_run: int | None) -> None:
     """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]};
     tags pinned by hand add "source": "manual".
 
     A repo whose tags were computed from an older README than its current one (the new README is not
     tagged yet, or could not be: `tagger dlq list`) gets "stale": true (never a pinned one).
+    Prints (on standard error) the time the export is as of: the next --changed-since.
     """
     settings = settings_with()
+    if changed_since is not None and since_run is not None:
+        raise InputError("give --changed-since or --since-run, not both")
+    if since_run is not None:
+        changed_since = find_run(settings, since_run).run.started_at
+    elif changed_since is not None and changed_since.tzinfo is None:
+        changed_since = changed_since.replace(tzinfo=UTC)
     target = output_path(out) if out is not None else None  # checked before the database is read
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(atomic_write(target)) if target else sys.stdout
-        written, stale = _write_results(settings.database_url, stream, with_scores)
+        written, stale, as_of = _write_results(settings.database_url, stream, with_scores, changed_since)
     if stale:
         click.echo(f'note: {stale} repos exported with "stale": true: tagged from an older README than their '
                    "current one (`tagger enqueue --stale` re-tags them; `tagger dlq list` shows unusable ones)",
                    err=True)
     if target:
         click.echo(f"exported {written} repos to {target}", err=True)
+    click.echo(f"as of {as_of.isoformat()} (for the next --changed-since)", err=True)
 
 
-def _write_results(database_url: str, stream: TextIO, with_scores: bool) -> tuple[int, int]:
+def _write_results(database_url: str, stream: TextIO, with_scores: bool,
+                   changed_since: datetime | None) -> tuple[int, int, datetime]:
     written = stale = 0
     with transaction(database_url) as conn:
-        names = {t.id: t.name for t in load_taxonomy(conn).tags}
-        outdated = outdated_result_ids(conn)
-        for result in iter_export(conn):
-            repo_id, tag_ids, scores = result.repo_id, result.tag_ids, result.tag_scores
-            if with_scores:
-                tags = [{"id": i, "name": names[i], "score": scores[n] if scores and n < len(scores) else None}
-                        for n, i in enumerate(tag_ids) if i in names]
-            else:
-                tags = [{"id": i, "name": names[i]} for i in tag_ids if i in names]
-            row: dict[str, object] = {"id": repo_id, "tags": tags}
-            if result.pinned:
-                row["source"] = "manual"
-            elif repo_id in outdated:
-                row["stale"] = True
-                stale += 1
-            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-            written += 1
-    return written, stale
+        as_of = database_now(conn)
+        for page in iter_export_lines(conn, with_scores=with_scores, changed_since=changed_since):
+            # Line by line into the stream's buffer: a reader gone (`| head -1`) is met at the next full
+            # buffer, in this loop (one write of a whole page can end half-written, its error deferred
+            # to the interpreter's exit).
+            stream.writelines(line + "\n" for line in page)
+            written += len(page)
+            stale += sum(line.endswith(STALE_SUFFIX) for line in page)
+    return written, stale, as_of
 
 
 @click.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ from producer.runs import (
     diff_run,
     history,
     promote_run,
+    prune,
     rollback,
     set_manual_tags,
     start_canary,
@@ -134,8 +136,8 @@ def promote(run_id: int) -> None:
     click.echo(f"promoted {report.promoted} results of canary {run_id}"
                + (f"; {report.already} promoted before" if report.already else ""))
     if report.skipped:
-        sample = ", ".join(report.skipped[:10])
-        click.echo(f"not promoted (pinned by hand, or README changed since): {len(report.skipped)}: {sample}",
+        sample = ", ".join(report.skipped_sample[:10]) + (" …" if report.skipped > 10 else "")
+        click.echo(f"not promoted (pinned by hand, or README changed since): {report.skipped}: {sample}",
                    err=True)
     if report.pending:
         click.echo(f"{report.pending} repos of the sample are not tagged yet: promote again once they are", err=True)
@@ -147,14 +149,50 @@ def rollback_(run_id: int) -> None:
     """Restore, for every repo RUN changed, the version before it; repos changed again since, or pinned,
     are reported and left alone. The run's batches still in flight are dropped when they arrive."""
     report = rollback(settings_with(), run_id)
-    click.echo(f"run {run_id} rolled back: {len(report.restored)} restored, {len(report.removed)} untagged "
+    click.echo(f"run {run_id} rolled back: {report.restored} restored, {report.removed} untagged "
                f"(the run had tagged them first)")
-    for what, ids in (("changed again since", report.changed_since), ("pinned by hand", report.pinned)):
-        if ids:
-            click.echo(f"not touched, {what}: {len(ids)}: {', '.join(ids[:10])}", err=True)
+    for what, n, ids in (("changed again since", report.changed_since, report.changed_since_sample),
+                         ("pinned by hand", report.pinned, report.pinned_sample)):
+        if n:
+            click.echo(f"not touched, {what}: {n}: {', '.join(ids[:10])}{' …' if n > 10 else ''}", err=True)
 
 
-@click.command("history")
+class _HistoryGroup(click.Group):
+    """`tagger history ID` shows a repo's versions; `tagger history prune ...` prunes them all."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("history", cls=_HistoryGroup)
+def history_group() -> None:
+    """A repo's tags over time (`tagger history ID`), and history retention (`tagger history prune`)."""
+
+
+@history_group.command("prune")
+@click.option("--keep", type=int, metavar="N", help="Keep each repo's N newest replaced versions.")
+@click.option("--before", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+              metavar="DATE", help="Prune only versions replaced before DATE (UTC when naive).")
+@click.option("--dry-run", is_flag=True, help="Say what would be pruned and which rollbacks it would make "
+              "impossible; change nothing.")
+def prune_(keep: int | None, before: datetime | None, dry_run: bool) -> None:
+    """Delete history versions past the retention: beyond each repo's N newest (--keep) and replaced before
+    DATE (--before); with both, a version goes only when both say so. Runs (not rolled back) that lose a
+    version they replaced can no longer be rolled back: listed here, and `tagger rollback` refuses them."""
+    if before is not None and before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+    report = prune(settings_with(), keep=keep, before=before, dry_run=dry_run)
+    verb = "would prune" if dry_run else "pruned"
+    click.echo(f"{verb} {report.versions} history versions")
+    if report.lost_rollbacks:
+        runs = ", ".join(f"{run} ({n} versions)" for run, n in sorted(report.lost_rollbacks.items())[:50])
+        what = "would no longer be possible" if dry_run else "are no longer possible"
+        click.echo(f"rollbacks that {what}: {len(report.lost_rollbacks)} runs: {runs}", err=True)
+
+
+@history_group.command("show", hidden=True)
 @click.argument("repo_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per version, newest first.")
 def history_(repo_id: str, as_json: bool) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from db.models import MANUAL, RESULT_NAMES, ResultRow, repos, results, shadow_results
-from db.results import any_of
+from db.models import MANUAL, RESULT_FIELDS, RESULT_NAMES, VERSION_NAMES, ResultField, repos, results, shadow_results
+from db.results import field_arrays, unnest_rows
 from db.runs import mark_run_promoted
 
 
@@ -21,15 +21,35 @@ def insert_shadow_queued(conn: Connection, run_id: int, ids: Sequence[str]) -> N
                      [{"run_id": run_id, "repo_id": i, "state": "queued"} for i in sorted(ids)])
 
 
+_REPO = ResultField("repo_id", sa.Text())
+_SHADOW_DONE = (_REPO, *RESULT_FIELDS)
+_SHADOW_FAILED = (_REPO, ResultField("state", sa.Text()), ResultField("attempts", sa.Integer(), array="int[]"),
+                  ResultField("error", sa.Text()))
+# One statement per kind of outcome, whatever the batch's size; id order (as every multi-row write).
+_WRITE_SHADOW_DONE = sa.text(f"""
+    UPDATE shadow_results s SET state = 'done', error = NULL, updated_at = now(),
+        {", ".join(f"{f.name} = r.{f.name}{f.cast}" for f in RESULT_FIELDS)}
+    FROM (SELECT * FROM {unnest_rows(_SHADOW_DONE)} ORDER BY repo_id) AS r
+    WHERE s.run_id = :run AND s.repo_id = r.repo_id
+""")
+# A redelivered copy that failed never undoes a result.
+_WRITE_SHADOW_FAILED = sa.text(f"""
+    UPDATE shadow_results s SET state = r.state, attempts = r.attempts, error = r.error, updated_at = now()
+    FROM (SELECT * FROM {unnest_rows(_SHADOW_FAILED)} ORDER BY repo_id) AS r
+    WHERE s.run_id = :run AND s.repo_id = r.repo_id AND s.state <> 'done'
+""")
+
+
 def write_shadow_results(conn: Connection, run_id: int, rows: Sequence[Mapping[str, Any]]) -> None:
     """A canary's outcomes: result rows (state done, the result's fields), or failures (state failed or
     dead, attempts, error). Only the run's own rows are written: never a live table."""
-    for row in sorted(rows, key=lambda r: r["repo_id"]):
-        query = sa.update(shadow_results).where(shadow_results.c.run_id == run_id,
-                                                shadow_results.c.repo_id == row["repo_id"])
-        if row["state"] != "done":  # a redelivered copy that failed never undoes a result
-            query = query.where(shadow_results.c.state != "done")
-        conn.execute(query.values(**{k: v for k, v in row.items() if k != "repo_id"}, updated_at=sa.func.now()))
+    ordered = sorted(rows, key=lambda r: r["repo_id"])
+    done = [r for r in ordered if r["state"] == "done"]
+    failed = [r for r in ordered if r["state"] != "done"]
+    if done:
+        conn.execute(_WRITE_SHADOW_DONE, {"run": run_id, **field_arrays(done, _SHADOW_DONE)})
+    if failed:
+        conn.execute(_WRITE_SHADOW_FAILED, {"run": run_id, **field_arrays(failed, _SHADOW_FAILED)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +83,64 @@ def shadow_against_live(conn: Connection, run_id: int) -> list[ShadowVsLive]:
     return [ShadowVsLive.from_row(row) for row in conn.execute(query).mappings()]
 
 
-def promotable_shadow_results(conn: Connection, run_id: int) -> list[ResultRow]:
-    """A canary's results not promoted yet, as result rows for db.results.upsert_results."""
-    rows = conn.execute(
-        sa.select(shadow_results.c.repo_id, *(shadow_results.c[name] for name in RESULT_NAMES),
-                  shadow_results.c.run_id)
-        .where(shadow_results.c.run_id == run_id, shadow_results.c.state == "done",
-               shadow_results.c.promoted_at.is_(None))
-        .order_by(shadow_results.c.repo_id)
-    ).mappings()
-    return [dict(row) for row in rows]
+_PROMOTABLE = "s.run_id = :run AND s.state = 'done' AND s.promoted_at IS NULL"
+_SHADOW_FIELDS = ", ".join(f"s.{name}" for name in RESULT_NAMES)
+_VERSION_COLUMNS = ", ".join(VERSION_NAMES)
+# The write step's own conditions (db.results): never over tags pinned by hand, nor over a result
+# computed from a newer README; a repo the canary already wrote (run_id = :run) is not written twice.
+_REPLACEABLE = "r.backend <> 'manual' AND r.readme_version <= s.readme_version AND r.run_id IS DISTINCT FROM :run"
+_PROMOTE_NEW = sa.text(f"""
+    INSERT INTO results (repo_id, {", ".join(RESULT_NAMES)}, run_id, tagged_at, changed_at)
+    SELECT s.repo_id, {_SHADOW_FIELDS}, :run, now(), now() FROM shadow_results s
+    WHERE {_PROMOTABLE} ORDER BY s.repo_id
+    ON CONFLICT (repo_id) DO NOTHING
+""")
+_LOCK_REPLACED = sa.text(f"""
+    SELECT count(*) FROM (
+        SELECT 1 FROM results r JOIN shadow_results s ON s.repo_id = r.repo_id
+        WHERE {_PROMOTABLE} AND r.run_id IS DISTINCT FROM :run ORDER BY r.repo_id FOR UPDATE OF r
+    ) AS locked
+""")
+_ARCHIVE_REPLACED = sa.text(f"""
+    INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
+    SELECT {", ".join(f"r.{name}" for name in VERSION_NAMES)}, :run, 'run'
+    FROM results r JOIN shadow_results s ON s.repo_id = r.repo_id
+    WHERE {_PROMOTABLE} AND {_REPLACEABLE} ORDER BY r.repo_id
+""")
+_REPLACE = sa.text(f"""
+    UPDATE results r SET {", ".join(f"{name} = s.{name}" for name in RESULT_NAMES)},
+        run_id = :run, tagged_at = now(), changed_at = now()
+    FROM shadow_results s
+    WHERE s.repo_id = r.repo_id AND {_PROMOTABLE} AND {_REPLACEABLE}
+""")
+_MARK_PROMOTED = sa.text(f"""
+    UPDATE shadow_results s SET promoted_at = now() FROM results r
+    WHERE r.repo_id = s.repo_id AND r.run_id = :run AND {_PROMOTABLE}
+""")
+_NOT_PROMOTED = sa.text(f"""
+    SELECT count(*), (array_agg(s.repo_id ORDER BY s.repo_id))[1:CAST(:sample AS int)]
+    FROM shadow_results s WHERE {_PROMOTABLE}
+""")
 
 
-def mark_promoted(conn: Connection, run_id: int, ids: Sequence[str]) -> None:
-    conn.execute(sa.update(shadow_results).where(shadow_results.c.run_id == run_id,
-                                                 shadow_results.c.repo_id == any_of(list(ids)))
-                 .values(promoted_at=sa.func.now()))
-    mark_run_promoted(conn, run_id)
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    promoted: int  # written live now
+    skipped: int  # pinned by hand, or README changed since the canary read it
+    skipped_sample: list[str]  # a bounded sample of those, in id order
+
+
+def promote_shadow_results(conn: Connection, run_id: int, sample: int = 20) -> Promotion:
+    """Write a canary's results not promoted yet to live, set-based (a handful of statements whatever
+    the sample's size), with the write step's conditions; the replaced versions go to history. In the
+    caller's transaction: all or nothing."""
+    params = {"run": run_id, "sample": sample}
+    conn.execute(_PROMOTE_NEW, params)  # repos without a result: a first tagging
+    conn.execute(_LOCK_REPLACED, params)
+    conn.execute(_ARCHIVE_REPLACED, params)
+    conn.execute(_REPLACE, params)
+    promoted = conn.execute(_MARK_PROMOTED, params).rowcount
+    skipped, skipped_sample = conn.execute(_NOT_PROMOTED, params).one()
+    if promoted:
+        mark_run_promoted(conn, run_id)
+    return Promotion(promoted, int(skipped), list(skipped_sample or []))

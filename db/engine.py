@@ -75,6 +75,14 @@ def transaction(url: str) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def session(url: str) -> Iterator[Connection]:
+    """One connection held for a whole command (its temporary tables live as long), transactions begun
+    by the caller (``with conn.begin():``); driver errors translated."""
+    with translate_errors(), get_engine(url).connect() as conn:
+        yield conn
+
+
 def create_database_if_missing(url: str) -> bool:
     """CREATE DATABASE for a PostgreSQL URL whose database does not exist yet. True if created."""
     parsed = make_url(url)

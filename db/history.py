@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
-from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, manual_tags, result_history, results
-from db.results import any_of, archive_results, delete_results, restore_versions
+from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, pruned_runs, result_history, results
 from db.runs import mark_run_rolled_back
+from tagger.errors import InputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,42 +69,125 @@ def newest_machine_version(conn: Connection, repo_id: str) -> int | None:
     ).scalar()
 
 
+SAMPLE = 20  # ids a report names per kind: the counts are exact, the sample bounded whatever the run's size
+
+
 @dataclass
 class RollbackReport:
-    restored: list[str] = field(default_factory=list)  # the version before the run is live again
-    removed: list[str] = field(default_factory=list)  # the run tagged them first: untagged again
-    changed_since: list[str] = field(default_factory=list)  # replaced after the run: not touched
-    pinned: list[str] = field(default_factory=list)  # tags pinned by hand since: not touched
+    """What a rollback did, as counts, with a bounded sample of the ids left alone."""
+
+    restored: int = 0  # the version before the run is live again
+    removed: int = 0  # the run tagged them first: untagged again
+    changed_since: int = 0  # replaced after the run: not touched
+    pinned: int = 0  # tags pinned by hand since: not touched
+    changed_since_sample: list[str] = field(default_factory=list)
+    pinned_sample: list[str] = field(default_factory=list)
+
+
+_VERSION_COLUMNS = ", ".join(VERSION_NAMES)
+_RESTORED_COLUMNS = ", ".join(f"{name} = h.{name}" for name in VERSION_NAMES if name != "repo_id")
+# The repos the run replaced a version of and no longer holds (replaced again since, or pinned): left
+# alone. Read before anything moves; counted exactly, named by a bounded sample.
+_LEFT_ALONE = sa.text("""
+    WITH gone AS (
+        SELECT DISTINCT h.repo_id, m.repo_id IS NOT NULL AS pinned
+        FROM result_history h LEFT JOIN manual_tags m ON m.repo_id = h.repo_id
+        WHERE h.run_id = :run AND h.replaced_reason <> 'rollback'
+          AND NOT EXISTS (SELECT 1 FROM results r WHERE r.repo_id = h.repo_id AND r.run_id = :run)
+    )
+    SELECT pinned, count(*), (array_agg(repo_id ORDER BY repo_id))[1:CAST(:sample AS int)]
+    FROM gone GROUP BY pinned
+""")
+# The run's live results, locked in id order and archived, in one pass.
+_ARCHIVE_RUN_RESULTS = sa.text(f"""
+    INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
+    SELECT {_VERSION_COLUMNS}, NULL, 'rollback'
+    FROM (SELECT * FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE) AS locked
+""")
+# The run tagged them first (it replaced no version of theirs): untagged again.
+_DELETE_FIRST_TAGGED = sa.text("""
+    DELETE FROM results r WHERE r.run_id = :run
+      AND NOT EXISTS (SELECT 1 FROM result_history h WHERE h.replaced_by_run = :run AND h.repo_id = r.repo_id)
+""")
+# Per repo, the first version the run replaced: what was live before it.
+_RESTORE_BEFORE = sa.text(f"""
+    UPDATE results SET {_RESTORED_COLUMNS}, changed_at = now()
+    FROM result_history h
+    JOIN (SELECT min(id) AS id FROM result_history WHERE replaced_by_run = :run GROUP BY repo_id) AS first
+      ON first.id = h.id
+    WHERE results.repo_id = h.repo_id AND results.run_id = :run
+""")
 
 
 def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
     """For every repo run ``run_id`` wrote, restore the version before it, except repos changed since or
     pinned. Marks the run rolled back first (with the run row locked: the run's writes in flight are in,
-    and its later writes are dropped by the workers). In the caller's transaction: all or nothing."""
+    and its later writes are dropped by the workers). In the caller's transaction: all or nothing.
+
+    Set-based: a handful of statements whatever the run's size (archive, delete, restore, each one
+    INSERT/DELETE/UPDATE over the run's rows), and the client holds only counts and a bounded sample."""
+    pruned = conn.execute(sa.select(pruned_runs.c.versions).where(pruned_runs.c.run_id == run_id)).scalar()
+    if pruned is not None:
+        raise InputError(f"run {run_id} can no longer be rolled back: `tagger history prune` deleted {pruned} "
+                         "of the versions it replaced")
     mark_run_rolled_back(conn, run_id)
-    mine = list(conn.execute(
-        sa.select(results.c.repo_id).where(results.c.run_id == run_id).order_by(results.c.repo_id).with_for_update()
-    ).scalars())
-    # Per repo, the first version the run replaced: what was live before it.
-    before: dict[str, int] = dict(conn.execute(
-        sa.select(result_history.c.repo_id, sa.func.min(result_history.c.id))
-        .where(result_history.c.replaced_by_run == run_id, result_history.c.repo_id == any_of(mine))
-        .group_by(result_history.c.repo_id)
-    ).all())
-    archive_results(conn, mine, "rollback")
-    restore_versions(conn, sorted(before.values()))
+    params = {"run": run_id, "sample": SAMPLE}
     report = RollbackReport()
-    for repo_id in mine:
-        (report.restored if repo_id in before else report.removed).append(repo_id)
-    delete_results(conn, report.removed)
-    gone = conn.execute(
-        sa.select(result_history.c.repo_id, manual_tags.c.repo_id.is_not(None))
-        .outerjoin(manual_tags, manual_tags.c.repo_id == result_history.c.repo_id)
-        .where(result_history.c.run_id == run_id, result_history.c.replaced_reason != "rollback")
-        .distinct().order_by(result_history.c.repo_id)
-    ).all()
-    touched = set(mine)
-    for repo_id, pinned in gone:
-        if repo_id not in touched:
-            (report.pinned if pinned else report.changed_since).append(repo_id)
+    for pinned, n, sample in conn.execute(_LEFT_ALONE, params):
+        if pinned:
+            report.pinned, report.pinned_sample = int(n), list(sample)
+        else:
+            report.changed_since, report.changed_since_sample = int(n), list(sample)
+    conn.execute(_ARCHIVE_RUN_RESULTS, params)
+    report.removed = conn.execute(_DELETE_FIRST_TAGGED, params).rowcount
+    report.restored = conn.execute(_RESTORE_BEFORE, params).rowcount
     return report
+
+
+# History retention. A version is pruned when it is past every retention given: beyond the repo's
+# ``keep`` newest versions, and replaced before ``before``. One pass over history (its (repo_id, id)
+# index gives each repo's versions newest first), into a temporary table the report and the delete read.
+_DOOMED = sa.text("""
+    CREATE TEMP TABLE prune_doomed ON COMMIT DROP AS
+    SELECT id, replaced_by_run FROM (
+        SELECT id, replaced_by_run, replaced_at,
+               row_number() OVER (PARTITION BY repo_id ORDER BY id DESC) AS newer
+        FROM result_history
+    ) AS h
+    WHERE (CAST(:keep AS int) IS NULL OR newer > :keep)
+      AND (CAST(:before AS timestamptz) IS NULL OR replaced_at < :before)
+""")
+# Runs not rolled back yet that lose a version they replaced: their rollback becomes impossible.
+_LOST_ROLLBACKS = sa.text("""
+    SELECT d.replaced_by_run, count(*) FROM prune_doomed d JOIN runs r ON r.id = d.replaced_by_run
+    WHERE r.rolled_back_at IS NULL GROUP BY d.replaced_by_run ORDER BY d.replaced_by_run
+""")
+_PRUNE = sa.text("DELETE FROM result_history h USING prune_doomed d WHERE h.id = d.id")
+_MARK_PRUNED = sa.text("""
+    INSERT INTO pruned_runs (run_id, versions) SELECT run, n FROM unnest(CAST(:runs AS int[]), CAST(:ns AS bigint[]))
+        AS l(run, n)
+    ON CONFLICT (run_id) DO UPDATE SET versions = pruned_runs.versions + excluded.versions, pruned_at = now()
+""")
+
+
+@dataclass
+class PruneReport:
+    versions: int  # history rows deleted (or, dry run, that would be)
+    lost_rollbacks: dict[int, int]  # run -> its replaced versions deleted: its rollback is no longer possible
+    dry_run: bool
+
+
+def prune_history(conn: Connection, *, keep: int | None, before: datetime | None, dry_run: bool) -> PruneReport:
+    """Delete the history versions past the retention (set-based, in the caller's transaction), and say
+    which runs' rollbacks that makes impossible (those runs are recorded: their rollback is refused)."""
+    if keep is None and before is None:
+        raise InputError("give --keep N, --before DATE, or both")
+    conn.execute(_DOOMED, {"keep": keep, "before": before})
+    lost = {int(run): int(n) for run, n in conn.execute(_LOST_ROLLBACKS)}
+    if dry_run:
+        versions = int(conn.execute(sa.text("SELECT count(*) FROM prune_doomed")).scalar_one())
+        return PruneReport(versions, lost, dry_run=True)
+    versions = conn.execute(_PRUNE).rowcount
+    if lost:
+        conn.execute(_MARK_PRUNED, {"runs": list(lost), "ns": list(lost.values())})
+    return PruneReport(versions, lost, dry_run=False)

@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
+from db.counts import table_counts
 from db.models import JOB_STATES, dead_letters, jobs, repos, results
-from db.repos import count_repos, existing_repo_ids
-from db.results import count_results, utcnow
+from db.repos import existing_repo_ids
+from db.results import utcnow
 
 
 def upsert_jobs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -92,21 +93,25 @@ def schedule_retries(conn: Connection, retries: Sequence[tuple[str, int, float, 
 
 
 def job_state_counts(conn: Connection) -> dict[str, int]:
-    """Repos per job state (every state present, zero when none), plus 'untracked': never enqueued."""
-    rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
-    by_state: dict[str, int] = {state: int(n) for state, n in rows}
-    counts = {state: by_state.get(state, 0) for state in JOB_STATES}
-    counts["untracked"] = max(0, count_repos(conn) - sum(counts.values()))
+    """Repos per job state (every state present, zero when none), plus 'untracked': never enqueued.
+    Read off the trigger-kept counts (db.counts): a few rows, whatever the index's size."""
+    return _job_states(table_counts(conn))
+
+
+def _job_states(totals: Mapping[str, int]) -> dict[str, int]:
+    counts = {state: totals.get(f"jobs:{state}", 0) for state in JOB_STATES}
+    counts["untracked"] = max(0, totals.get("repos", 0) - sum(counts.values()))
     return counts
 
 
 def status_counts(conn: Connection) -> dict[str, int]:
     """What `tagger status` shows: repos, tagged, dead letters, and repos pending, failed or done."""
-    states = job_state_counts(conn)
+    totals = table_counts(conn)
+    states = _job_states(totals)
     return {
         "repos": sum(states.values()),  # every repo is in one state, 'untracked' included
-        "tagged": count_results(conn),
-        "dead": int(conn.execute(sa.select(sa.func.count()).select_from(dead_letters)).scalar_one()),
+        "tagged": totals.get("results", 0),
+        "dead": totals.get("dead_letters", 0),
         "pending": states["queued"],
         "failed": states["failed"],
         "done": states["done"],

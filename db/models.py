@@ -18,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -139,6 +140,10 @@ results = Table(
     # a check per written row (a trigger) measurably slowed the hot path; workers check the run once
     # per batch (workers.batch.process_batch).
     Column("run_id", Integer, nullable=True, index=True),
+    # When the repo's live tags last changed by any write (a run, a promote, a pin, an unpin, a rollback's
+    # restore): what `tagger export --changed-since` and the tag rate read, through its index. tagged_at
+    # is when the result was computed, and a restored version keeps its own.
+    Column("changed_at", Timestamp, server_default=func.now(), nullable=False, index=True),
     Index("ix_results_confidence", "confidence"),
 )
 
@@ -157,6 +162,9 @@ result_history = Table(
     Column("replaced_by_run", Integer, nullable=True, index=True),
     Column("replaced_reason", Text, nullable=False),
     Index("ix_result_history_repo_id_id", "repo_id", "id"),
+    # A result removed (unpinned to nothing, rolled back to untagged) is archived then deleted: its
+    # archive's time is the removal's, which `tagger export --changed-since` reads through this index.
+    Index("ix_result_history_replaced_at", "replaced_at"),
 )
 
 jobs = Table(
@@ -228,4 +236,30 @@ shadow_results = Table(
     Column("updated_at", Timestamp, server_default=func.now(), nullable=False),
     Column("promoted_at", Timestamp, nullable=True),
     CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
+)
+
+# Rows per table (and jobs per state), kept by statement-level triggers (migration 0006_row_counts) so
+# that `tagger status` and a metrics scrape read a few rows instead of counting the index. Each writing
+# statement appends its net change as a row: writers never wait on one another for a counter row, and
+# the reader folds the deltas into row_counts (db.counts.table_counts).
+row_counts = Table(
+    "row_counts", metadata,
+    Column("name", Text, primary_key=True),  # "repos", "results", "dead_letters", "jobs:<state>"
+    Column("n", BigInteger, nullable=False),
+)
+
+row_count_deltas = Table(
+    "row_count_deltas", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
+
+# Runs whose replaced versions `tagger history prune` deleted: their rollback would restore too little
+# (a repo without its version before the run would be untagged instead), so it is refused.
+pruned_runs = Table(
+    "pruned_runs", metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("versions", BigInteger, nullable=False),  # replaced versions of the run deleted
+    Column("pruned_at", Timestamp, server_default=func.now(), nullable=False),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
+from db.counts import table_counts
 from db.models import MANUAL, dead_letters, jobs, repos, results
 from tagger.readme import readme_hash
 
@@ -53,6 +55,110 @@ def upsert_repos(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     return len(values)
 
 
+# `tagger import`, streamed: each chunk's (line, id) pairs are COPYed into a temporary table first; the
+# ids seen so far live in another on the server (its primary key answers "which line had this id
+# first"), so the client's memory stays flat whatever the file's size. A chunk of ids new to the file
+# and to the index (a first import: the common case) is then COPYed straight into repos; any other goes
+# through a staging table and an upsert.
+_IMPORT_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS import_seen (id text PRIMARY KEY, line bigint NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS import_ids (line bigint NOT NULL, id text NOT NULL) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS import_chunk (line bigint NOT NULL, id text NOT NULL, name text NOT NULL, "
+    "readme text NOT NULL, readme_size int) ON COMMIT DELETE ROWS",
+)
+_COPY_IDS = "COPY import_ids (line, id) FROM STDIN"
+_COPY_REPOS = "COPY repos (id, name, readme, readme_hash, readme_size) FROM STDIN"
+_IMPORT_KNOWN = sa.text("SELECT EXISTS (SELECT 1 FROM import_ids i JOIN repos p ON p.id = i.id)")
+_COPY_CHUNK = "COPY import_chunk (line, id, name, readme, readme_size) FROM STDIN"
+# Lines whose id an earlier line had (in this chunk or an earlier one): (line, id, first line); run after
+# _IMPORT_SEEN, which keeps each id's earliest line.
+_IMPORT_DUPLICATES = sa.text("""
+    SELECT c.line, c.id, least(s.line, f.first) AS first
+    FROM import_ids c
+    JOIN (SELECT id, min(line) AS first FROM import_ids GROUP BY id) AS f ON f.id = c.id
+    LEFT JOIN import_seen s ON s.id = c.id
+    WHERE c.line <> least(s.line, f.first)
+    ORDER BY c.line
+    LIMIT :limit
+""")
+_IMPORT_SEEN = sa.text("""
+    INSERT INTO import_seen (id, line) SELECT id, min(line) FROM import_ids GROUP BY id ORDER BY id
+    ON CONFLICT (id) DO NOTHING
+""")
+# The last line for an id wins (DISTINCT ON, only when the chunk repeats an id: sorting wide rows is
+# most of the statement); the hash is computed by the server (sha256 of the UTF-8 text, as
+# tagger.readme.readme_hash); a changed README bumps its version.
+_IMPORT_UPSERT = {
+    distinct: sa.text(f"""
+        INSERT INTO repos (id, name, readme, readme_hash, readme_size)
+        SELECT {"DISTINCT ON (id)" if distinct else ""} id, name, readme,
+            encode(sha256(convert_to(readme, 'UTF8')), 'hex'), readme_size
+        FROM import_chunk {"ORDER BY id, line DESC" if distinct else ""}
+        ON CONFLICT (id) DO UPDATE SET
+            name = excluded.name, readme = excluded.readme, readme_hash = excluded.readme_hash,
+            readme_size = excluded.readme_size, readme_version = repos.readme_version
+                + CASE WHEN repos.readme_hash <> excluded.readme_hash THEN 1 ELSE 0 END,
+            updated_at = now()
+        WHERE repos.readme_hash <> excluded.readme_hash OR repos.name <> excluded.name
+            OR repos.readme_size IS DISTINCT FROM excluded.readme_size
+    """)
+    for distinct in (True, False)
+}
+_IMPORT_DISTINCT_IDS = sa.text("SELECT count(DISTINCT id) FROM import_ids")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedChunk:
+    new_ids: int  # ids no earlier line of the file had
+    duplicates: int  # lines whose id an earlier line had
+    duplicate_sample: list[tuple[int, str, int]]  # (line, id, first line), at most the limit asked
+
+
+class RepoImport:
+    """One import's session: chunks of rows (``line``, ``id``, ``name``, ``readme``, ``readme_size``) in,
+    each committed on its own."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        with conn.begin():
+            # Staged READMEs are compressed with lz4, not pglz: most of a COPY's server time otherwise
+            # (and the compressed value moves into repos, lz4 too, as is). Without lz4: pglz.
+            with contextlib.suppress(sa.exc.DBAPIError), conn.begin_nested():
+                conn.execute(sa.text("SET default_toast_compression = 'lz4'"))
+            for statement in _IMPORT_TABLES:
+                conn.execute(sa.text(statement))
+            conn.execute(sa.text("TRUNCATE import_seen"))
+
+    def write(self, rows: Sequence[Mapping[str, Any]], sample: int) -> ImportedChunk:
+        if not rows:
+            return ImportedChunk(0, 0, [])
+        with self.conn.begin():
+            driver: Any = self.conn.connection.driver_connection  # psycopg's own: COPY is not SQLAlchemy's
+            with driver.cursor() as cursor:
+                with cursor.copy(_COPY_IDS) as copy:
+                    for row in rows:
+                        copy.write_row((row["line"], row["id"]))
+                # Each line brings a new id or repeats one: the repeats are the chunk's size less the new
+                # ids. (The first line of an id stays in import_seen, so the sample's query may run after.)
+                new_ids = self.conn.execute(_IMPORT_SEEN).rowcount
+                duplicates = len(rows) - new_ids
+                found = [(int(line), repo_id, int(first)) for line, repo_id, first in
+                         self.conn.execute(_IMPORT_DUPLICATES, {"limit": sample})] if duplicates and sample else []
+                if not duplicates and not self.conn.execute(_IMPORT_KNOWN).scalar_one():
+                    with cursor.copy(_COPY_REPOS) as copy:
+                        for row in rows:
+                            copy.write_row((row["id"], row.get("name") or "", row["readme"],
+                                            readme_hash(row["readme"]), _cut_size(row)))
+                else:
+                    with cursor.copy(_COPY_CHUNK) as copy:
+                        for row in rows:
+                            copy.write_row((row["line"], row["id"], row.get("name") or "", row["readme"],
+                                            _cut_size(row)))
+                    repeats_within = int(self.conn.execute(_IMPORT_DISTINCT_IDS).scalar_one()) < len(rows)
+                    self.conn.execute(_IMPORT_UPSERT[repeats_within])
+        return ImportedChunk(new_ids, duplicates, found)
+
+
 @dataclass(frozen=True, slots=True)
 class ReadmeRow:
     id: str
@@ -89,7 +195,7 @@ def repo_exists(conn: Connection, repo_id: str) -> bool:
 
 
 def count_repos(conn: Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.count()).select_from(repos)).scalar_one())
+    return table_counts(conn).get("repos", 0)
 
 
 def page_repo_ids(

@@ -32,8 +32,8 @@ def _unnest(fields: Sequence[ResultField]) -> str:
 
 
 _INSERT = f"""
-    INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at)
-    SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now()
+    INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at, changed_at)
+    SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now(), now()
     FROM {_unnest(_WRITTEN)}
 """
 _RESULTS_INSERT = sa.text(_INSERT + " ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id")
@@ -43,7 +43,7 @@ _REPLACES = "results.readme_version <= excluded.readme_version AND results.backe
 _RESULTS_UPSERT = sa.text(_INSERT + f"""
     ON CONFLICT (repo_id) DO UPDATE SET
         {", ".join(f"{name} = excluded.{name}" for name in RESULT_NAMES)},
-        tagged_at = now(), run_id = excluded.run_id
+        tagged_at = now(), changed_at = now(), run_id = excluded.run_id
     WHERE {_REPLACES}
 """)
 _HISTORY_COLUMNS = ", ".join(VERSION_NAMES)
@@ -100,11 +100,22 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(_ARCHIVE_AND_REPLACE, _arrays(rest))
 
 
-def _arrays(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+def _arrays(rows: Sequence[Mapping[str, Any]], fields: Sequence[ResultField] = _WRITTEN) -> dict[str, list[Any]]:
     return {
         f.name: [_array_literal(row[f.name]) for row in rows] if f.name in _ARRAYS else [row[f.name] for row in rows]
-        for f in _WRITTEN
+        for f in fields
     }
+
+
+def unnest_rows(fields: Sequence[ResultField]) -> str:
+    """``unnest(...) AS r(...)`` over one array parameter per field (see field_arrays)."""
+    return _unnest(fields)
+
+
+def field_arrays(rows: Sequence[Mapping[str, Any]], fields: Sequence[ResultField]) -> dict[str, list[Any]]:
+    """The parameters of unnest_rows(fields): one array per field (a missing nullable field is NULL)."""
+    defaults = {f.name: None for f in fields if f.nullable}
+    return _arrays([defaults | dict(row) for row in rows], fields)
 
 
 def _array_literal(values: Sequence[int | float] | None) -> str | None:
@@ -133,7 +144,7 @@ def restore_versions(conn: Connection, history_ids: Sequence[int]) -> None:
         sa.update(results)
         .where(results.c.repo_id == result_history.c.repo_id,
                result_history.c.id == any_of(list(history_ids), sa.Integer()))
-        .values({name: result_history.c[name] for name in copied})
+        .values({name: result_history.c[name] for name in copied} | {"changed_at": sa.func.now()})
     )
 
 
@@ -154,24 +165,14 @@ def write_result(conn: Connection, row: Mapping[str, Any]) -> None:
     values = {name: row[name] for name in RESULT_NAMES} | {"run_id": row.get("run_id")}
     stmt = insert(results).values(repo_id=row["repo_id"], **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=[results.c.repo_id],
-                                            set_=values | {"tagged_at": sa.func.now()}))
-
-
-def results_of_run(conn: Connection, run_id: int, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` hold a live result written by run ``run_id``."""
-    return set(conn.execute(sa.select(results.c.repo_id).where(
-        results.c.run_id == run_id,
-        results.c.repo_id == any_of(list(ids)))).scalars())
-
-
-def count_results(conn: Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one())
+                                            set_=values | {"tagged_at": sa.func.now(), "changed_at": sa.func.now()}))
 
 
 def tag_rate(conn: Connection, window_s: int = 60) -> float:
-    """Results written per second over the last ``window_s`` seconds."""
+    """Live results changed per second over the last ``window_s`` seconds (through changed_at's index:
+    proportional to the window's writes, not the index)."""
     since = utcnow() - timedelta(seconds=window_s)
-    n = conn.execute(sa.select(sa.func.count()).select_from(results).where(results.c.tagged_at >= since)).scalar_one()
+    n = conn.execute(sa.select(sa.func.count()).select_from(results).where(results.c.changed_at >= since)).scalar_one()
     return n / window_s
 
 
@@ -240,14 +241,6 @@ def least_confident_results(conn: Connection, limit: int) -> list[ReviewItem]:
         .limit(limit)
     )
     return [ReviewItem.from_row(row) for row in conn.execute(query).mappings()]
-
-
-def outdated_result_ids(conn: Connection) -> set[str]:
-    """Repos whose result was computed from another README than their current one."""
-    query = sa.select(results.c.repo_id).join(repos, repos.c.id == results.c.repo_id).where(
-        results.c.readme_hash != repos.c.readme_hash
-    )
-    return set(conn.execute(query).scalars())
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from db.engine import transaction
-from db.repos import upsert_repos
+from db.engine import session
+from db.repos import RepoImport
 from tagger.errors import InputError
 from tagger.ids import validate_repo_id
 
-CHUNK_ROWS = 500
-CHUNK_BYTES = 32 * 1024 * 1024  # a chunk of huge READMEs is written early, not held in memory
+CHUNK_ROWS = 2000  # one COPY and a few statements per chunk
+CHUNK_BYTES = 16 * 1024 * 1024  # a chunk of huge READMEs is written early, not held in memory
 DEFAULT_README_MAX_BYTES = 1024 * 1024
 READ_PIECE = 1024 * 1024  # how much of an oversized line is read at a time
 _SPECIAL = re.compile(rb'[\\"]')  # what changes the scanner's state inside and outside JSON strings
@@ -27,20 +27,26 @@ _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _UNICODE_ESCAPE = re.compile(rb"\\u[0-9a-fA-F]{4}")
 
 
+MAX_MESSAGES = 1000  # error and warning lines kept for the report; past that, counted only
+
+
 @dataclass
 class ImportReport:
-    imported: int = 0
+    imported: int = 0  # repos: an id on several lines is one
     truncated: int = 0  # READMEs longer than the limit: their head was stored, and their original size
-    errors: list[str] = field(default_factory=list)  # "line N: why"
-    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "line N: why" (the first MAX_MESSAGES)
+    warnings: list[str] = field(default_factory=list)  # (the first MAX_MESSAGES)
     duplicates: int = 0  # lines whose id an earlier line of the same file had: the later line wins
-    _first_line: dict[str, int] = field(default_factory=dict, repr=False)
+    rejected: int = 0  # bad lines, all of them
 
-    def seen(self, repo_id: str, number: int) -> None:
-        first = self._first_line.setdefault(repo_id, number)
-        if first != number:
-            self.duplicates += 1
-            self.warnings.append(f"line {number}: repo {repo_id!r} already on line {first}: this later line wins")
+    def error(self, message: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < MAX_MESSAGES:
+            self.errors.append(message)
+
+    def warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_MESSAGES:
+            self.warnings.append(message)
 
 
 def _clean_text(text: str) -> str:
@@ -191,10 +197,10 @@ def parse_line(raw: bytes, number: int, report: ImportReport, max_bytes: int = D
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        report.errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+        report.error(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
         return None
     if not isinstance(obj, dict):
-        report.errors.append(f"line {number}: expected a JSON object, got {type(obj).__name__}")
+        report.error(f"line {number}: expected a JSON object, got {type(obj).__name__}")
         return None
     try:
         if "id" not in obj:
@@ -209,20 +215,19 @@ def parse_line(raw: bytes, number: int, report: ImportReport, max_bytes: int = D
         if not isinstance(name, str):
             raise InputError("'name' must be a string")
     except InputError as exc:
-        report.errors.append(f"line {number}: {exc}")
+        report.error(f"line {number}: {exc}")
         return None
     del obj, line  # the README is the only copy of the line's text that stays
     cleaned = _clean_text(readme)
     if bad_utf8 or cleaned != readme:
-        report.warnings.append(f"line {number}: repo {repo_id!r}: invalid UTF-8 or NUL bytes replaced in README")
+        report.warn(f"line {number}: repo {repo_id!r}: invalid UTF-8 or NUL bytes replaced in README")
     del readme
     stored, size = _truncate(cleaned, max_bytes)
     if cut or len(stored) < len(cleaned):
         report.truncated += 1
-    report.seen(repo_id, number)
     # The size as imported: of the text, after NULs and invalid UTF-8 were replaced; for a line read in
     # pieces, as written in the file (escapes counted as written).
-    return {"id": repo_id, "name": _clean_text(name), "readme": stored, "readme_size": size + cut}
+    return {"line": number, "id": repo_id, "name": _clean_text(name), "readme": stored, "readme_size": size + cut}
 
 
 def iter_rows(stream: BinaryIO, report: ImportReport,
@@ -269,8 +274,10 @@ def _refuse_compressed(stream: BinaryIO, path: Path | str) -> None:
 
 def import_repos(database_url: str, path: Path | str, progress: bool = False,
                  readme_max_bytes: int = DEFAULT_README_MAX_BYTES) -> ImportReport:
-    """Import JSON Lines from ``path`` (``-``: standard input). Chunks are committed as they go: an
-    interrupted import keeps what it committed, and running it again is harmless (an upsert). A README
+    """Import JSON Lines from ``path`` (``-``: standard input). Chunks are COPYed and committed as they
+    go: an interrupted import keeps what it committed, and running it again is harmless (an upsert).
+    Memory stays flat in the file's size: one chunk at a time, the ids seen so far kept by the server
+    (db.repos.RepoImport), which also finds the lines that repeat an earlier id. A README
     longer than ``readme_max_bytes`` is stored cut to that (its original size beside it): only its head
     is ever read, and memory stays bounded whatever one line holds."""
     from tqdm import tqdm
@@ -279,16 +286,19 @@ def import_repos(database_url: str, path: Path | str, progress: bool = False,
     stream, total = _open_source(path)
     with stream, tqdm(
         total=total, unit="B", unit_scale=True, desc="import", disable=None if progress else True
-    ) as bar:
+    ) as bar, session(database_url) as conn:
         _refuse_compressed(stream, path)
+        importer = RepoImport(conn)
         chunk: list[dict[str, Any]] = []
         size = 0
 
         def flush() -> None:
             nonlocal chunk, size
-            if chunk:
-                with transaction(database_url) as conn:
-                    report.imported += upsert_repos(conn, chunk)
+            written = importer.write(chunk, sample=max(0, MAX_MESSAGES - len(report.warnings)))
+            report.imported += written.new_ids
+            report.duplicates += written.duplicates
+            for number, repo_id, first in written.duplicate_sample:
+                report.warn(f"line {number}: repo {repo_id!r} already on line {first}: this later line wins")
             chunk, size = [], 0
 
         for row in iter_rows(stream, report, readme_max_bytes):
@@ -303,5 +313,4 @@ def import_repos(database_url: str, path: Path | str, progress: bool = False,
         if total is not None:
             bar.n = total
             bar.refresh()
-    report.imported = len(report._first_line)  # repos, not lines: a repeated id is one repo
     return report

@@ -13,18 +13,18 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from db.canary import ShadowVsLive, insert_shadow_queued, mark_promoted, promotable_shadow_results, shadow_against_live
+from db.canary import ShadowVsLive, insert_shadow_queued, promote_shadow_results, shadow_against_live
 from db.configuration import Configuration
 from db.engine import transaction
-from db.history import ResultVersion, RollbackReport, result_versions, rollback_run
+from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
 from db.pins import Pin, get_pin, pin_tags, unpin_tags
 from db.repos import repo_exists
-from db.results import results_of_run, upsert_results
 from db.runs import Run, create_run, get_run, lock_run, run_counts
 from db.taxonomy import current_taxonomy_version, load_taxonomy
 from producer.enqueue import PAGE_SIZE, RunSpec, Sender, canary_settings, current_configuration, iter_selection
@@ -219,40 +219,46 @@ def diff_run(settings: Settings, run_id: int, *, top: int = 10, gold_file: Path 
 class PromoteReport:
     run_id: int
     promoted: int
-    skipped: list[str]  # pinned by hand, or their README changed since the canary read it
+    skipped: int  # pinned by hand, or their README changed since the canary read it
+    skipped_sample: list[str]  # a bounded sample of those, in id order
     pending: int  # not tagged by the canary yet: promote again once they are
     already: int  # promoted before
+
+
+def _existing_run(conn: Any, run_id: int, kind: str | None = None) -> Run:
+    run = get_run(conn, run_id)
+    if run is None:
+        raise InputError(f"there is no run {run_id} (see `tagger runs`)")
+    if kind is not None and run.kind != kind:
+        raise InputError(f"run {run_id} is a {run.kind} run, not a {kind} run")
+    return run
 
 
 def promote_run(settings: Settings, run_id: int) -> PromoteReport:
     """Write a canary's results to live, except pinned repos and repos whose README changed since (the
     write step's own conditions). Only what was not promoted before: promoting twice is harmless."""
-    find_run(settings, run_id, kind="canary")
     with transaction(settings.database_url) as conn:
+        _existing_run(conn, run_id, kind="canary")
         run = lock_run(conn, run_id)
         if run is None or run.rolled_back_at is not None:
             raise InputError(f"run {run_id} was rolled back: promote a new canary instead")
-        rows = promotable_shadow_results(conn, run_id)
-        ids = [r["repo_id"] for r in rows]
-        upsert_results(conn, rows)
-        written = results_of_run(conn, run_id, ids)
-        if written:
-            mark_promoted(conn, run_id, sorted(written))
+        promotion = promote_shadow_results(conn, run_id)
         counts = run_counts(conn, run)
-    report = PromoteReport(run_id, len(written), sorted(set(ids) - written), counts["queued"] + counts["failed"],
-                           counts["promoted"] - len(written))
-    log.info("run_promoted", run_id=run_id, promoted=report.promoted, skipped=len(report.skipped),
+    report = PromoteReport(run_id, promotion.promoted, promotion.skipped, promotion.skipped_sample,
+                           counts["queued"] + counts["failed"], counts["promoted"] - promotion.promoted)
+    log.info("run_promoted", run_id=run_id, promoted=report.promoted, skipped=report.skipped,
              pending=report.pending)
     return report
 
 
 def rollback(settings: Settings, run_id: int) -> RollbackReport:
-    find_run(settings, run_id)
+    """Roll a run back (db.history.rollback_run): one transaction, set-based, whatever the run's size."""
     with transaction(settings.database_url) as conn:
+        _existing_run(conn, run_id)
         lock_run(conn, run_id)
         report = rollback_run(conn, run_id)
-    log.info("run_rolled_back", run_id=run_id, restored=len(report.restored), removed=len(report.removed),
-             changed_since=len(report.changed_since), pinned=len(report.pinned))
+    log.info("run_rolled_back", run_id=run_id, restored=report.restored, removed=report.removed,
+             changed_since=report.changed_since, pinned=report.pinned)
     return report
 
 
@@ -314,3 +320,13 @@ def history(settings: Settings, raw_id: str) -> tuple[list[ResultVersion], Pin |
         pin = get_pin(conn, repo_id)
         names = {t.id: t.name for t in load_taxonomy(conn).tags}
     return versions, pin, names
+
+
+def prune(settings: Settings, *, keep: int | None, before: datetime | None, dry_run: bool) -> PruneReport:
+    """History retention (db.history.prune_history): one transaction."""
+    if keep is not None and keep < 0:
+        raise InputError(f"--keep must be 0 or more, not {keep}")
+    with transaction(settings.database_url) as conn:
+        report = prune_history(conn, keep=keep, before=before, dry_run=dry_run)
+    log.info("history_pruned", versions=report.versions, dry_run=dry_run, lost_rollbacks=sorted(report.lost_rollbacks))
+    return report
