@@ -28,6 +28,11 @@ log = structlog.get_logger("tagger.metrics")
 RUNS_SHOWN = 5  # the newest runs get progress gauges (the dashboard's "runs" panel)
 
 
+def _with_value(gauge: GaugeMetricFamily, value: float) -> GaugeMetricFamily:
+    gauge.add_metric([], value)
+    return gauge
+
+
 class PipelineCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -51,11 +56,9 @@ class PipelineCollector(Collector):
                 canaries = canaries_pending(conn)
         except TaggerError as exc:
             log.warning("metrics_database_unavailable", error=str(exc))
-            database_up.add_metric([], 0)
-            yield database_up
+            yield _with_value(database_up, 0)
             return
-        database_up.add_metric([], 1)
-        yield database_up
+        yield _with_value(database_up, 1)
         by_state = GaugeMetricFamily("tagger_repos", "Repos by job state (untracked: never enqueued; dead: "
                                      "dead-lettered).", labels=["state"])
         for state, n in sorted(states.items()):
@@ -89,11 +92,9 @@ class PipelineCollector(Collector):
                 depth.add_metric([queue], queue_depth(settings.broker_url, queue))
         except TaggerError as exc:
             log.warning("metrics_broker_unavailable", error=str(exc))
-            broker_up.add_metric([], 0)
-            yield broker_up
+            yield _with_value(broker_up, 0)
             return
-        broker_up.add_metric([], 1)
-        yield broker_up
+        yield _with_value(broker_up, 1)
         yield depth
         yield GaugeMetricFamily("tagger_queue_high_water", "Batches above which producers pause "
                                 "(TAGGER_QUEUE_HIGH_WATER).", value=settings.queue_high_water)

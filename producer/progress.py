@@ -20,7 +20,7 @@ from tagger.settings import Settings
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # SQLite (the demo) drops the zone
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # naive: UTC, as stored
 
 
 def with_true_counts(counts: Mapping[str, int], progress: RunProgress) -> dict[str, int]:

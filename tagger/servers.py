@@ -200,6 +200,19 @@ def _redis_ready(url: str) -> bool:
         client.close()
 
 
+def _start_on_a_free_port(what: str, spawn: Callable[[int], subprocess.Popen[bytes]],
+                          ready: Callable[[int], bool], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free port, again on another if it exited while starting (the port was taken
+    between free_port and its bind)."""
+    for _ in range(PORT_TRIES):
+        port = free_port()
+        proc = spawn(port)
+        if _wait_ready(proc, partial(ready, port), what, log):
+            return proc, port
+        _stop(proc, signal.SIGKILL)  # exited: only forgets it
+    raise TaggerError(f"{what} did not start: {_tail(log)}")
+
+
 @contextmanager
 def postgres_server(folder: Path, database: str = "tagger") -> Iterator[Server]:
     """A PostgreSQL cluster in ``folder``/pg (created with initdb unless there), user ``postgres``
@@ -219,16 +232,13 @@ def postgres_server(folder: Path, database: str = "tagger") -> Iterator[Server]:
         if init.returncode != 0:
             raise TaggerError(f"initdb failed: {(init.stderr or init.stdout).strip()[-500:]}")
     options = [arg for key, value in PG_SETTINGS.items() for arg in ("-c", f"{key}={value}")]
-    for _ in range(PORT_TRIES):
-        port = free_port()
+
+    def spawn(port: int) -> subprocess.Popen[bytes]:
         _give_away(folder)
-        proc = _spawn(_unprivileged([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *options]), log)
-        admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        if _wait_ready(proc, partial(_pg_ready, admin), "PostgreSQL", log):
-            break
-        _stop(proc, signal.SIGKILL)  # exited: only forgets it
-    else:
-        raise TaggerError(f"PostgreSQL did not start: {_tail(log)}")
+        return _spawn(_unprivileged([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *options]), log)
+
+    proc, port = _start_on_a_free_port(
+        "PostgreSQL", spawn, lambda port: _pg_ready(f"postgresql://postgres@127.0.0.1:{port}/postgres"), log)
     try:
         yield Server("PostgreSQL", f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}", proc.pid,
                      time.monotonic() - started)
@@ -244,16 +254,13 @@ def redis_server(folder: Path) -> Iterator[Server]:
     data, log = folder / "redis", folder / "redis.log"
     data.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    for _ in range(PORT_TRIES):
-        port = free_port()
-        proc = _spawn([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+
+    def spawn(port: int) -> subprocess.Popen[bytes]:
+        return _spawn([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(data), "--daemonize", "no"], log)
-        url = f"redis://127.0.0.1:{port}/0"
-        if _wait_ready(proc, partial(_redis_ready, url), "Redis", log):
-            break
-        _stop(proc, signal.SIGKILL)  # exited: only forgets it
-    else:
-        raise TaggerError(f"Redis did not start: {_tail(log)}")
+
+    proc, port = _start_on_a_free_port("Redis", spawn, lambda port: _redis_ready(f"redis://127.0.0.1:{port}/0"), log)
+    url = f"redis://127.0.0.1:{port}/0"
     try:
         yield Server("Redis", url, proc.pid, time.monotonic() - started)
     finally:
