@@ -3,7 +3,9 @@ a server-side cursor (memory flat, whatever the index's size); and the increment
 whose live tags changed since a time, through results.changed_at's index and history's replaced_at.
 
 The JSON is jsonb's text: keys in jsonb's order (shortest first: "id", "tags", then "stale" or
-"source"), as ``json.dumps(..., ensure_ascii=False)`` writes them; a score is the real as a double.
+"source"), as ``json.dumps(..., ensure_ascii=False)`` writes them; a score is the real's shortest text
+(0.1993, as the engine rounded it and as `tagger review` shows the confidence), not its value widened
+to a double (0.19930000603199005).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _tags(with_scores: bool) -> str:
     """The result's tags in their order (an id the taxonomy no longer has is left out)."""
     tag = "(t.m -> CAST(u.id AS text))"
     if with_scores:
-        tag = f"({tag} || jsonb_build_object('score', CAST(r.tag_scores[u.n] AS float8)))"
+        tag = f"({tag} || jsonb_build_object('score', to_jsonb(r.tag_scores[u.n])))"
     return f"""coalesce((
         SELECT jsonb_agg({tag} ORDER BY u.n) FROM unnest(r.tag_ids) WITH ORDINALITY AS u(id, n)
         WHERE t.m ? CAST(u.id AS text)

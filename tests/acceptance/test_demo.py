@@ -18,7 +18,7 @@ import pytest
 
 from tagger.samples import sample_rows
 from tagger.taxonomy import Taxonomy
-from tests.support.processes import TAGGER, run_cli, status
+from tests.support.processes import TAGGER, default_signals, run_cli, status
 
 TAXONOMY = Taxonomy.load()
 PORT = re.compile(r"127\.0\.0\.1:(\d+)")
@@ -116,7 +116,8 @@ def test_demo_keeps_its_data_dir_when_asked(bare_env, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_demo_leaves_no_server_worker_or_folder(bare_env, sig):
     proc = subprocess.Popen([*TAGGER, "demo", "--backend", "keyword"], env=bare_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_signals)
     try:
         head = [proc.stdout.readline(), proc.stdout.readline()]  # type: ignore[union-attr]
         ports = _servers_named_first("".join(head))
