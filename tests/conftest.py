@@ -6,6 +6,7 @@ for the session (tests/support/services.py)."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,13 @@ from tests.support.services import pg_admin, pg_url, require_services, stop_embe
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stop_embedded()
+    # llama-cpp-python opens /dev/null twice at import and never closes it: the interpreter's exit would
+    # report both files as ResourceWarnings after the summary, as if a test had leaked them.
+    llama_utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        stream = getattr(llama_utils, name, None)
+        if stream is not None:
+            stream.close()
 
 
 @pytest.fixture(scope="session")
