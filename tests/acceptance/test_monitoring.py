@@ -6,14 +6,11 @@ a worker running and 1 without one."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
 import subprocess
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +21,13 @@ import yaml
 from bench import free_port
 from tests.support.data import readme_fixture_rows, write_jsonl
 from tests.support.faulty_backend import fault_marker
+from tests.support.http import http_get
 from tests.support.processes import run_cli, status, tagger_process, wait_until, worker_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 N = 20
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def answers(url: str) -> bool:
@@ -226,17 +214,17 @@ def test_flower_shows_dead_letters_and_queue_wait(env, settings, tmp_path):
     base = f"http://127.0.0.1:{port}"
     with tagger_process(flower_env, "flower", "--port", str(port), "--purge_offline_workers=60",
                         log=tmp_path / "flower.log") as flower:
-        wait_until(lambda: flower.poll() is not None or authed_get(f"{base}/healthcheck", auth)[0] == 200,
+        wait_until(lambda: flower.poll() is not None or http_get(f"{base}/healthcheck", auth)[0] == 200,
                    timeout=60, what="flower to answer")
         assert flower.poll() is None, (tmp_path / "flower.log").read_text()
         with worker_process(worker_env, log=tmp_path / "worker.log"):
-            wait_until(lambda: authed_get(f"{base}/api/workers?refresh=1", auth)[1].count(settings.queue) > 0,
+            wait_until(lambda: http_get(f"{base}/api/workers?refresh=1", auth)[1].count(settings.queue) > 0,
                        timeout=60, what="flower to know the worker")
             run_cli(env, "enqueue", "--all", "--batch-size", "5")
 
             def failed_and_sent() -> dict[str, Any]:
                 # Events may arrive in any order: wait for the batch's failure and its sending both.
-                code, body = authed_get(f"{base}/api/tasks?state=FAILURE", auth)
+                code, body = http_get(f"{base}/api/tasks?state=FAILURE", auth)
                 tasks = json.loads(body) if code == 200 else {}
                 return tasks if tasks and all(t.get("sent") for t in tasks.values()) else {}
 
@@ -246,18 +234,6 @@ def test_flower_shows_dead_letters_and_queue_wait(env, settings, tmp_path):
     assert task["exception"].startswith("DeadLettered('2 of 5 repos dead-lettered (3 tagged, 0 retried)")
     assert task["sent"] and task["received"]  # Flower's queue wait: received - sent
     assert status(env)["dead"] == 2 and status(env)["tagged"] == 3
-
-
-def authed_get(url: str, auth: tuple[str, str]) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except OSError:
-        return 0, ""
 
 
 def test_tagger_health_beat_leader_and_standby(env, settings):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from db.engine import transaction
 from db.jobs import mark_done, mark_queued, schedule_retries
 from db.repos import upsert_repos
 from db.results import upsert_results
+from tests.support.http import NOT_ANSWERING, http_get
 from tests.support.processes import run_cli, tagger_process, wait_until
 from workers.contract import TAG_BATCH, create_app
 
@@ -26,23 +24,10 @@ def serving(env: dict[str, str], log: Path, *args: str):  # type: ignore[no-unty
     return tagger_process(env, *args, log=log)
 
 
-def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
 def answering(url: str, proc: subprocess.Popen[bytes], auth: tuple[str, str] | None = None) -> tuple[int, str] | None:
     assert proc.poll() is None, f"the server exited with {proc.returncode}"
-    try:
-        return http_get(url, auth)
-    except OSError:
-        return None
+    answer = http_get(url, auth)
+    return None if answer == NOT_ANSWERING else answer
 
 
 @pytest.fixture
