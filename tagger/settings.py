@@ -160,8 +160,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        # Imported here, not at the top: SQLAlchemy is a fifth of a second of start-up that `tagger --help`
-        # (which imports this module for the variables it lists) does not need.
+        # Imported here, not at the top: SQLAlchemy is a fifth of a second of start-up that a command reading
+        # its settings (`tagger COMMAND --help` does too) pays only when TAGGER_DATABASE_URL is set.
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -230,13 +230,3 @@ def load_settings(**overrides: Any) -> Settings:
         urls = [str(e["input"]) for e in exc.errors() if isinstance(e.get("input"), str) and "@" in e["input"]]
         raise ConfigError(f"invalid setting: {scrub(problems, *urls)}") from None
 
-
-def env_help() -> str:
-    """The ``TAGGER_*`` variables with their defaults, for ``--help``."""
-    lines = ["\b", "Settings (environment variables):"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, Path):
-            default = default.name if default == DEFAULT_TAXONOMY else str(default)
-        lines.append(f"  TAGGER_{name.upper():<24} {field.description} [default: {default!r}]")
-    return "\n".join(lines)
