@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tagger.backends import BACKENDS, is_plugin
 from tagger.errors import ConfigError
-from tagger.shortlist import ShortlistMode
 from tagger.taxonomy import DEFAULT_TAXONOMY
 from tagger.urls import masked, scrub
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 DATABASE_DRIVERS = ("postgresql+psycopg",)
+# The shortlist modes, named here and implemented in tagger.shortlist: reading the settings (every command
+# does) loads none of the shortlists' code (keywords, embeddings, README cleaning).
+ShortlistMode = Literal["none", "keyword", "embedding", "hybrid"]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TAGGER_", extra="ignore")
+class Settings(BaseModel):
+    """The values given, over the ``TAGGER_*`` variables (named in any case), over the defaults. (A plain
+    model, not pydantic-settings': its sources cost every command a tenth of a second of start-up.)"""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**(_environment() | values))
 
     database_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/tagger",
@@ -213,6 +221,11 @@ class Settings(BaseSettings):
         if value not in BACKENDS and not is_plugin(value):
             raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)} or 'module:factory'")
         return value
+
+
+def _environment() -> dict[str, str]:
+    variables = {name.lower(): value for name, value in os.environ.items()}
+    return {field: variables[f"tagger_{field}"] for field in Settings.model_fields if f"tagger_{field}" in variables}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -17,7 +17,7 @@ from cli.base import COMMANDS, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "torch", "vllm", "llama_cpp", "prometheus_client",
-         "pydantic", "pydantic_core", "pydantic_settings", "structlog", "rich")
+         "pydantic", "pydantic_core", "structlog", "rich")
 
 
 def _in_fresh_interpreter(code: str) -> dict[str, object]:
