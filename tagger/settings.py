@@ -23,8 +23,9 @@ ShortlistMode = Literal["none", "keyword", "embedding", "hybrid"]
 
 
 class Settings(BaseModel):
-    """The values given, over the ``TAGGER_*`` variables (named in any case), over the defaults. (A plain
-    model, not pydantic-settings': its sources cost every command a tenth of a second of start-up.)"""
+    """The values given, over the ``TAGGER_*`` variables (named in any case), over the defaults. A plain
+    model, not pydantic-settings': importing its sources (dotenv, cloud secrets, argparse...) was part of
+    every command's start-up (BENCHMARKS.md)."""
 
     model_config = ConfigDict(extra="ignore", validate_default=True)
 
@@ -168,8 +169,8 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        # Imported here, not at the top: SQLAlchemy is a fifth of a second of start-up that a command reading
-        # its settings (`tagger COMMAND --help` does too) pays only when TAGGER_DATABASE_URL is set.
+        # Imported here, not at the top: SQLAlchemy is a fifth of a second that importing the settings need
+        # not cost (reading them does: the default is checked too).
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -242,4 +243,3 @@ def load_settings(**overrides: Any) -> Settings:
         # A validator's message may quote the value it refused: no URL's password may go with it.
         urls = [str(e["input"]) for e in exc.errors() if isinstance(e.get("input"), str) and "@" in e["input"]]
         raise ConfigError(f"invalid setting: {scrub(problems, *urls)}") from None
-
