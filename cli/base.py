@@ -1,4 +1,5 @@
-"""The root command group: settings shown in --help, read once per command, logging configured once."""
+"""The root command group: settings shown in --help, read once per command (cli.settings), logging configured
+once. Light by design: `tagger --help` and `--version` load nothing but Click and this."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from typing import Any
 import click
 
 from tagger.errors import ConfigError, InputError, TaggerError
-from tagger.logs import configure_logging
-from tagger.settings import Settings, env_help, load_settings
+from tagger.settings_help import settings_help
 from tagger.urls import scrub
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DEBUG_KEY = "tagger.debug"  # in the context's meta: --debug was given, or TAGGER_LOG_LEVEL=DEBUG
+URLS_KEY = "tagger.urls"  # in the context's meta: the service URLs of the settings read, whose secrets no message shows
+# What every command runs first (its settings read, logging configured), in a module imported only then, as
+# the commands' are: `tagger --help` and `--version` load neither pydantic nor structlog.
+START = "cli.settings:start"
 
 
 class UserError(click.ClickException):
@@ -60,6 +64,12 @@ class TaggerGroup(click.Group):
             raise UserError(shown(ctx, describe_os_error(exc))) from exc
 
 
+def loaded(target: str) -> Any:
+    """``module:attribute``, its module imported now (if not yet)."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 @dataclass(frozen=True, slots=True)
 class LazyCommand:
     """A command known by name and one-line help, its module imported only when it runs: `tagger status`
@@ -69,15 +79,15 @@ class LazyCommand:
     summary: str  # its one-line help, as `tagger --help` lists it
 
     def load(self) -> click.Command:
-        module, _, attribute = self.target.partition(":")
-        command = getattr(importlib.import_module(module), attribute)
+        command = loaded(self.target)
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.target} is not a click command")
         return command
 
 
 class LazyGroup(TaggerGroup):
-    """The root group: its commands come from a registry of :class:`LazyCommand` and load on demand."""
+    """The root group: its commands come from a registry of :class:`LazyCommand` and load on demand; its
+    epilog, the settings' listing, is read only when help is shown."""
 
     def __init__(self, *args: object, lazy: Mapping[str, LazyCommand], **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -105,6 +115,11 @@ class LazyGroup(TaggerGroup):
                 rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text("\b\n" + settings_help().rstrip("\n"))
 
 
 def _silence_stdout() -> None:
@@ -137,9 +152,8 @@ def shown(ctx: click.Context | None, text: str) -> str:
     """``text`` as it may be shown: without the passwords of the service URLs in use (the environment's,
     and this command's own, such as the demo's), whoever wrote the message."""
     urls = [os.environ.get("TAGGER_DATABASE_URL", ""), os.environ.get("TAGGER_BROKER_URL", "")]
-    settings = ctx.find_object(Settings) if ctx is not None else None
-    if settings is not None:
-        urls += [settings.database_url, settings.broker_url]
+    if ctx is not None:
+        urls += ctx.meta.get(URLS_KEY, [])
     return scrub(text, *urls)
 
 
@@ -197,7 +211,7 @@ COMMANDS: dict[str, LazyCommand] = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT, epilog=env_help())
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT)
 @click.version_option(package_name="repo-tagger")
 @click.option("--debug", is_flag=True, help="On an error, show its full traceback (as TAGGER_LOG_LEVEL=DEBUG does), "
               "and log at DEBUG.")
@@ -222,27 +236,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       tagger flower / metrics        monitoring
       tagger demo                    the whole flow on this machine, no services
     """
-    try:
-        settings: Settings | None = load_settings()
-    except ConfigError:
-        settings = None  # `COMMAND --help` still works; the command itself reports the bad setting
-    if settings is not None:
-        debug = debug or settings.log_level == "DEBUG"
-        configure_logging("DEBUG" if debug else settings.log_level, settings.log_format)
-    elif debug:
-        configure_logging("DEBUG")
-    ctx.meta[DEBUG_KEY] = debug
-    ctx.obj = settings
-
-
-def settings_with(**overrides: object) -> Settings:
-    """This command's settings: TAGGER_* variables, with the command-line options that were given on top.
-    Commands pass them down; nothing below the CLI reads the environment."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    loaded = click.get_current_context().find_object(Settings)
-    if loaded is not None and not given:
-        return loaded
-    return load_settings(**given)
+    loaded(START)(ctx, debug)
 
 
 def when(value: datetime | None) -> str:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import click
 
 from bench import suite
-from cli.base import settings_with
+from cli.settings import settings_with
 from tagger.files import atomic_write
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from cli.base import settings_with
+from cli.settings import settings_with
 from db.engine import transaction
 from db.jobs import repo_outcomes, status_counts
 from db.migrate import upgrade

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.base import operator, settings_with
+from cli.base import operator
+from cli.settings import settings_with
 from db.dead_letters import dead_letter_ids, get_dead_letter, list_dead_letters, purge_dead_letters
 from db.engine import transaction
 from producer.enqueue import RunSpec, Sender

@@ -11,7 +11,7 @@ import threading
 import click
 from prometheus_client import CollectorRegistry
 
-from cli.base import settings_with
+from cli.settings import settings_with
 from producer.beat import run_beat
 from producer.health import PING_TIMEOUT_S, check_health
 from producer.metrics import PipelineCollector

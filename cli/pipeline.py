@@ -11,7 +11,8 @@ from typing import Any, TextIO
 
 import click
 
-from cli.base import operator, settings_with
+from cli.base import operator
+from cli.settings import settings_with
 from db.engine import transaction
 from db.export import STALE_SUFFIX, database_now, iter_export_lines
 from db.migrate import upgrade

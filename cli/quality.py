@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from cli.base import settings_with
+from cli.settings import settings_with
 from tagger.backends import BACKENDS, configured_model, create_tagger
 from tagger.calibration import PRIOR_ALPHA, Example, fit_report, format_calibration
 from tagger.embeddings import SignalEmbedder

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from cli.base import jsonable, operator, settings_with, when
+from cli.base import jsonable, operator, when
+from cli.settings import settings_with
 from db.engine import transaction
 from db.progress import runs_progress
 from db.runs import list_runs, run_counts

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.base import jsonable, settings_with, when
+from cli.base import jsonable, when
+from cli.settings import settings_with
 from db.engine import transaction
 from db.jobs import status_counts
 from db.progress import RunProgress, recent_run_ids, runs_progress

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.base import settings_with
+from cli.settings import settings_with
 from db.engine import transaction
 from db.taxonomy import current_taxonomy_version
 from producer.runs import canary_settings, check_canary_worker, find_run

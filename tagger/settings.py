@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tagger.backends import BACKENDS, is_plugin
 from tagger.errors import ConfigError
-from tagger.shortlist import ShortlistMode
 from tagger.taxonomy import DEFAULT_TAXONOMY
 from tagger.urls import masked, scrub
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 DATABASE_DRIVERS = ("postgresql+psycopg",)
+# The shortlist modes, named here and implemented in tagger.shortlist: reading the settings (every command
+# does) loads none of the shortlists' code (keywords, embeddings, README cleaning).
+ShortlistMode = Literal["none", "keyword", "embedding", "hybrid"]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TAGGER_", extra="ignore")
+class Settings(BaseModel):
+    """The values given, over the ``TAGGER_*`` variables (named in any case), over the defaults. A plain
+    model, not pydantic-settings': importing its sources (dotenv, cloud secrets, argparse...) was part of
+    every command's start-up (BENCHMARKS.md)."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**(_environment() | values))
 
     database_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/tagger",
@@ -160,8 +169,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        # Imported here, not at the top: SQLAlchemy is a fifth of a second of start-up that `tagger --help`
-        # (which imports this module for the variables it lists) does not need.
+        # Imported here, not at the top: SQLAlchemy is a fifth of a second that importing the settings need
+        # not cost (reading them does: the default is checked too).
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -215,6 +224,11 @@ class Settings(BaseSettings):
         return value
 
 
+def _environment() -> dict[str, str]:
+    variables = {name.lower(): value for name, value in os.environ.items()}
+    return {field: variables[f"tagger_{field}"] for field in Settings.model_fields if f"tagger_{field}" in variables}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from ``TAGGER_*`` variables, with ``overrides`` (command-line options) on top, all checked
     alike; a bad value is a :class:`ConfigError` naming the variable, not a validation traceback."""
@@ -229,14 +243,3 @@ def load_settings(**overrides: Any) -> Settings:
         # A validator's message may quote the value it refused: no URL's password may go with it.
         urls = [str(e["input"]) for e in exc.errors() if isinstance(e.get("input"), str) and "@" in e["input"]]
         raise ConfigError(f"invalid setting: {scrub(problems, *urls)}") from None
-
-
-def env_help() -> str:
-    """The ``TAGGER_*`` variables with their defaults, for ``--help``."""
-    lines = ["\b", "Settings (environment variables):"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, Path):
-            default = default.name if default == DEFAULT_TAXONOMY else str(default)
-        lines.append(f"  TAGGER_{name.upper():<24} {field.description} [default: {default!r}]")
-    return "\n".join(lines)

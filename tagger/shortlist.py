@@ -8,14 +8,14 @@ and a small model that cannot tell 90 tags apart only has to choose among K.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, get_args
+from typing import Protocol, get_args
 
 from tagger.embeddings import TagRanker
 from tagger.errors import ConfigError
 from tagger.keywords import keyword_tags
+from tagger.settings import ShortlistMode
 from tagger.taxonomy import Taxonomy
 
-ShortlistMode = Literal["none", "keyword", "embedding", "hybrid"]
 SHORTLIST_MODES: tuple[str, ...] = get_args(ShortlistMode)
 
 

@@ -1,5 +1,6 @@
 """`tagger` loads a command's modules only when it runs: `tagger --help` lists every command from the
-registry (cli.base.COMMANDS) without importing any of them, nor the heavy libraries they use."""
+registry (cli.base.COMMANDS) without importing any of them, nor the heavy libraries they use, nor what
+every command runs first (cli.settings: pydantic for the settings, structlog for the logs)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 from cli.base import COMMANDS, cli
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "torch", "vllm", "llama_cpp", "prometheus_client")
+HEAVY = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "torch", "vllm", "llama_cpp", "prometheus_client",
+         "pydantic", "pydantic_core", "structlog", "rich")
 
 
 def _in_fresh_interpreter(code: str) -> dict[str, object]:
@@ -32,12 +34,17 @@ def test_help_lists_every_command_with_its_help_and_imports_none_of_them():
         "import cli\n"
         "imported = sorted(sys.modules)\n"
         "out = CliRunner().invoke(cli.cli, ['--help'], terminal_width=200).output\n"
-        "print(json.dumps({'imported': imported, 'after_help': sorted(sys.modules), 'out': out}))\n"
+        "after_help = sorted(sys.modules)\n"
+        "version = CliRunner().invoke(cli.cli, ['--version']).output\n"
+        "print(json.dumps({'imported': imported, 'after_help': after_help, 'after_version': sorted(sys.modules),\n"
+        "                  'out': out, 'version': version}))\n"
     )
     out = str(seen["out"])
     for name, entry in COMMANDS.items():
         assert any(line.split()[:1] == [name] and entry.summary[:30] in line for line in out.splitlines()), name
-    for when in ("imported", "after_help"):
+    assert "TAGGER_DATABASE_URL" in out and "TAGGER_LOG_LEVEL" in out  # the settings, with pydantic not loaded
+    assert "version" in str(seen["version"])
+    for when in ("imported", "after_help", "after_version"):
         modules = {str(m).split(".")[0] for m in seen[when]}  # type: ignore[attr-defined]
         assert modules.isdisjoint(HEAVY), f"{when}: {sorted(modules & set(HEAVY))}"
         commands = [m for m in seen[when] if str(m).startswith("cli.") and str(m) != "cli.base"]  # type: ignore[attr-defined]

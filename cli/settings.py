@@ -1,0 +1,39 @@
+"""What every command runs first, its settings read and logging configured, and the settings it passes
+down. Imported when a command runs (cli.base.START), never for `tagger --help`: pydantic and structlog
+are most of what a bare `tagger` would otherwise load."""
+
+from __future__ import annotations
+
+import click
+
+from cli.base import DEBUG_KEY, URLS_KEY
+from tagger.errors import ConfigError
+from tagger.logs import configure_logging
+from tagger.settings import Settings, load_settings
+
+
+def start(ctx: click.Context, debug: bool) -> None:
+    """The root group's part of every command: settings from the TAGGER_* variables, logging at their
+    level (DEBUG with --debug)."""
+    try:
+        settings: Settings | None = load_settings()
+    except ConfigError:
+        settings = None  # `COMMAND --help` still works; the command itself reports the bad setting
+    if settings is not None:
+        debug = debug or settings.log_level == "DEBUG"
+        configure_logging("DEBUG" if debug else settings.log_level, settings.log_format)
+        ctx.meta[URLS_KEY] = [settings.database_url, settings.broker_url]
+    elif debug:
+        configure_logging("DEBUG")
+    ctx.meta[DEBUG_KEY] = debug
+    ctx.obj = settings
+
+
+def settings_with(**overrides: object) -> Settings:
+    """This command's settings: TAGGER_* variables, with the command-line options that were given on top.
+    Commands pass them down; nothing below the CLI reads the environment."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    loaded = click.get_current_context().find_object(Settings)
+    if loaded is not None and not given:
+        return loaded
+    return load_settings(**given)
