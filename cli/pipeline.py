@@ -14,7 +14,7 @@ import click
 from cli.base import operator
 from cli.settings import settings_with
 from db.engine import transaction
-from db.export import STALE_SUFFIX, database_now, iter_export_lines
+from db.export import STALE_SUFFIX, database_now, iter_export_blocks
 from db.migrate import upgrade
 from db.repos import Selection
 from db.results import least_confident_results
@@ -234,15 +234,14 @@ def export(out: str | None, with_scores: bool, changed_since: datetime | None, s
 def _write_results(database_url: str, stream: TextIO, with_scores: bool,
                    changed_since: datetime | None) -> tuple[int, int, datetime]:
     written = stale = 0
+    stale_line_end = (STALE_SUFFIX + "\n").encode()
+    stream.flush()  # the lines go to its bytes, after whatever was written as text
     with transaction(database_url) as conn:
         as_of = database_now(conn)
-        for page in iter_export_lines(conn, with_scores=with_scores, changed_since=changed_since):
-            # Line by line into the stream's buffer: a reader gone (`| head -1`) is met at the next full
-            # buffer, in this loop (one write of a whole page can end half-written, its error deferred
-            # to the interpreter's exit).
-            stream.writelines(line + "\n" for line in page)
-            written += len(page)
-            stale += sum(line.endswith(STALE_SUFFIX) for line in page)
+        for block in iter_export_blocks(conn, with_scores=with_scores, changed_since=changed_since):
+            stream.buffer.write(block)  # a reader gone (`| head -1`) raises here: BrokenPipeError
+            written += block.count(b"\n")
+            stale += block.count(stale_line_end)
     return written, stale, as_of
 
 
