@@ -182,7 +182,7 @@ COMMANDS: dict[str, LazyCommand] = {
         ("eval", "cli.quality:evaluate", "Tag every README of a gold file and report micro precision, recall and F1, "
          "hit rate, primary@3, the commonest mistakes and speed; with a scored backend, the precision/recall curve "
          "over the threshold, the policies marked (--plot FILE.png draws it)."),
-        ("export", "cli.pipeline:export", 'The results as JSON Lines, one object per tagged repo: {"id": ..., '
+        ("export", "cli.export:export", 'The results as JSON Lines, one object per tagged repo: {"id": ..., '
          '"tags": [{"id", "name"}, ...]}; tags pinned by hand add "source": "manual".'),
         ("flower", "cli.ops:flower", "Serve Celery's Flower (workers, tasks; Prometheus metrics at /metrics), "
          "behind basic auth."),

@@ -1,20 +1,18 @@
-"""The main flow: db upgrade, taxonomy load, import, enqueue, sweep, export, review (status: cli/status.py)."""
+"""The main flow: db upgrade, taxonomy load, import, enqueue, sweep, review (status: cli/status.py, export:
+cli/export.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
 
 from cli.base import operator
 from cli.settings import settings_with
 from db.engine import transaction
-from db.export import STALE_SUFFIX, database_now, iter_export_blocks
 from db.migrate import upgrade
 from db.repos import Selection
 from db.results import least_confident_results
@@ -25,12 +23,7 @@ from producer.importer import import_repos
 from producer.progress import logs_above_bars
 from producer.runs import find_run
 from tagger.errors import InputError
-from tagger.files import atomic_write, output_path
 from tagger.taxonomy import Taxonomy
-
-# What --changed-since accepts: a date, or a time (with or without an offset, as `export` prints it).
-DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
-                "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
 
 
 @click.group()
@@ -190,59 +183,6 @@ def sweep(older_than: int | None, canary_run: int | None) -> None:
         find_run(settings, canary_run, kind="canary")
     swept = sweep_stuck(settings, older_than, store=LIVE if canary_run is None else canary_store(canary_run))
     click.echo(f"re-enqueued {swept} repos")
-
-
-@click.command()
-@click.option("--out", help="Write to this file instead of standard output (replaced only once the export is "
-              "complete).")
-@click.option("--with-scores", is_flag=True,
-              help='Add each tag\'s confidence: {"id", "name", "score"} (null where the backend gave none).')
-@click.option("--changed-since", "changed_since", type=click.DateTime(DATE_FORMATS), metavar="TIME",
-              help="Only repos whose live tags changed after TIME (new, re-tagged, pinned, unpinned, rolled "
-              'back); repos untagged since are written {"id": ..., "removed": true}. Give the "as of" time a '
-              "previous export printed. A naive TIME is UTC.")
-@click.option("--since-run", "since_run", type=int, metavar="RUN",
-              help="Like --changed-since, from the time RUN started.")
-def export(out: str | None, with_scores: bool, changed_since: datetime | None, since_run: int | None) -> None:
-    """The results as JSON Lines, one object per tagged repo: {"id": ..., "tags": [{"id", "name"}, ...]};
-    tags pinned by hand add "source": "manual".
-
-    A repo whose tags were computed from an older README than its current one (the new README is not
-    tagged yet, or could not be: `tagger dlq list`) gets "stale": true (never a pinned one).
-    Prints (on standard error) the time the export is as of: the next --changed-since.
-    """
-    settings = settings_with()
-    if changed_since is not None and since_run is not None:
-        raise InputError("give --changed-since or --since-run, not both")
-    if since_run is not None:
-        changed_since = find_run(settings, since_run).run.started_at
-    elif changed_since is not None and changed_since.tzinfo is None:
-        changed_since = changed_since.replace(tzinfo=UTC)
-    target = output_path(out) if out is not None else None  # checked before the database is read
-    with contextlib.ExitStack() as stack:
-        stream = stack.enter_context(atomic_write(target)) if target else sys.stdout
-        written, stale, as_of = _write_results(settings.database_url, stream, with_scores, changed_since)
-    if stale:
-        click.echo(f'note: {stale} repos exported with "stale": true: tagged from an older README than their '
-                   "current one (`tagger enqueue --stale` re-tags them; `tagger dlq list` shows unusable ones)",
-                   err=True)
-    if target:
-        click.echo(f"exported {written} repos to {target}", err=True)
-    click.echo(f"as of {as_of.isoformat()} (for the next --changed-since)", err=True)
-
-
-def _write_results(database_url: str, stream: TextIO, with_scores: bool,
-                   changed_since: datetime | None) -> tuple[int, int, datetime]:
-    written = stale = 0
-    stale_line_end = (STALE_SUFFIX + "\n").encode()
-    stream.flush()  # the lines go to its bytes, after whatever was written as text
-    with transaction(database_url) as conn:
-        as_of = database_now(conn)
-        for block in iter_export_blocks(conn, with_scores=with_scores, changed_since=changed_since):
-            stream.buffer.write(block)  # a reader gone (`| head -1`) raises here: BrokenPipeError
-            written += block.count(b"\n")
-            stale += block.count(stale_line_end)
-    return written, stale, as_of
 
 
 @click.command()

@@ -103,3 +103,23 @@ def test_status_loads_none_of_the_modules_it_does_not_need():
     assert "cli.status" in imported
     loaded = sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_FOR_STATUS))
     assert loaded == []
+
+
+# `tagger export` reads results and writes them out: no queue, no producer, no migrations, no model.
+NOT_FOR_EXPORT = ("celery", "kombu", "redis", "producer", "workers", "alembic", "tagger.engine", "numpy", "torch",
+                  "vllm", "llama_cpp", "prometheus_client")
+
+
+def test_export_loads_none_of_the_modules_it_does_not_need():
+    seen = _in_fresh_interpreter(
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "import cli\n"
+        "out = CliRunner().invoke(cli.cli, ['export', '--help'], terminal_width=200).output\n"
+        "print(json.dumps({'imported': sorted(sys.modules), 'out': out}))\n"
+    )
+    assert "--changed-since" in str(seen["out"])
+    imported = set(seen["imported"])  # type: ignore[call-overload]
+    assert "cli.export" in imported
+    loaded = sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_FOR_EXPORT))
+    assert loaded == []
