@@ -236,7 +236,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
       tagger flower / metrics        monitoring
       tagger demo                    the whole flow on this machine, no services
     """
-    loaded(START)(ctx, debug)
+    settings, ctx.meta[DEBUG_KEY] = loaded(START)(debug)
+    if settings is not None:
+        ctx.meta[URLS_KEY] = [settings.database_url, settings.broker_url]
+    ctx.obj = settings
 
 
 def when(value: datetime | None) -> str:

@@ -6,27 +6,25 @@ from __future__ import annotations
 
 import click
 
-from cli.base import DEBUG_KEY, URLS_KEY
 from tagger.errors import ConfigError
 from tagger.logs import configure_logging
 from tagger.settings import Settings, load_settings
 
 
-def start(ctx: click.Context, debug: bool) -> None:
-    """The root group's part of every command: settings from the TAGGER_* variables, logging at their
-    level (DEBUG with --debug)."""
+def start(debug: bool) -> tuple[Settings | None, bool]:
+    """The root group's part of every command: settings from the TAGGER_* variables (None when one is bad:
+    `COMMAND --help` still works, the command itself reports it), logging at their level (DEBUG with
+    --debug). Returns the settings and whether to debug."""
     try:
         settings: Settings | None = load_settings()
     except ConfigError:
-        settings = None  # `COMMAND --help` still works; the command itself reports the bad setting
+        settings = None
     if settings is not None:
         debug = debug or settings.log_level == "DEBUG"
         configure_logging("DEBUG" if debug else settings.log_level, settings.log_format)
-        ctx.meta[URLS_KEY] = [settings.database_url, settings.broker_url]
     elif debug:
         configure_logging("DEBUG")
-    ctx.meta[DEBUG_KEY] = debug
-    ctx.obj = settings
+    return settings, debug
 
 
 def settings_with(**overrides: object) -> Settings:
