@@ -90,36 +90,25 @@ NOT_FOR_STATUS = ("sqlalchemy.orm", "celery", "kombu", "producer.enqueue", "prod
                   "prometheus_client")
 
 
-def test_status_loads_none_of_the_modules_it_does_not_need():
-    seen = _in_fresh_interpreter(
-        "import json, sys\n"
-        "from click.testing import CliRunner\n"
-        "import cli\n"
-        "out = CliRunner().invoke(cli.cli, ['status', '--help'], terminal_width=200).output\n"
-        "print(json.dumps({'imported': sorted(sys.modules), 'out': out}))\n"
-    )
-    assert "--run" in str(seen["out"])
-    imported = set(seen["imported"])  # type: ignore[call-overload]
-    assert "cli.status" in imported
-    loaded = sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_FOR_STATUS))
-    assert loaded == []
-
-
 # `tagger export` reads results and writes them out: no queue, no producer, no migrations, no model.
 NOT_FOR_EXPORT = ("celery", "kombu", "redis", "producer", "workers", "alembic", "tagger.engine", "numpy", "torch",
                   "vllm", "llama_cpp", "prometheus_client")
 
 
-def test_export_loads_none_of_the_modules_it_does_not_need():
+@pytest.mark.parametrize(("command", "option", "not_needed"), [
+    ("status", "--run", NOT_FOR_STATUS),
+    ("export", "--changed-since", NOT_FOR_EXPORT),
+])
+def test_a_command_loads_none_of_the_modules_it_does_not_need(command, option, not_needed):
     seen = _in_fresh_interpreter(
         "import json, sys\n"
         "from click.testing import CliRunner\n"
         "import cli\n"
-        "out = CliRunner().invoke(cli.cli, ['export', '--help'], terminal_width=200).output\n"
+        f"out = CliRunner().invoke(cli.cli, [{command!r}, '--help'], terminal_width=200).output\n"
         "print(json.dumps({'imported': sorted(sys.modules), 'out': out}))\n"
     )
-    assert "--changed-since" in str(seen["out"])
+    assert option in str(seen["out"])
     imported = set(seen["imported"])  # type: ignore[call-overload]
-    assert "cli.export" in imported
-    loaded = sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_FOR_EXPORT))
+    assert f"cli.{command}" in imported
+    loaded = sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in not_needed))
     assert loaded == []
