@@ -29,7 +29,6 @@ from db.engine import transaction
 from producer.enqueue import current_configuration, iter_selection
 from producer.metrics import PipelineCollector
 from tagger.settings import Settings
-from workers.queues import PRIORITY_SUFFIXES, broker_client
 
 from . import ROOT, TAGGER, bench_env, synthetic_rows
 from .bulk import IndexShape, LoadedIndex, load_index, repo_id
@@ -119,13 +118,6 @@ def make_stale(url: str, every: int) -> int:
             {"every": every}).rowcount)
 
 
-def drain_queue(settings: Settings) -> None:
-    """Empty the run's private queue, as workers taking every batch would. None runs here: a sweep after
-    an enqueue of 1 % of a large index would otherwise wait above the high-water mark for ever."""
-    client = broker_client(settings.broker_url)
-    client.delete(*(settings.queue + suffix for suffix in PRIORITY_SUFFIXES))
-
-
 def database_mib(url: str) -> float:
     with transaction(url) as conn:
         return float(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one()) / 2**20
@@ -145,6 +137,9 @@ def load(settings: Settings, repos: int) -> LoadedIndex:
 
 def run(settings: Settings, repos: int, tmp: Path, say: Callable[[str], None],
         import_lines: int = IMPORT_LINES) -> IndexRun:
+    # No worker takes from the queue here: the producer's backpressure would hold the enqueues and the
+    # sweep of a large index above the high-water mark for ever. What is timed is the selecting and sending.
+    settings = settings.model_copy(update={"queue_high_water": 10 * repos})
     url = settings.database_url
     say(f"index: bulk-loading {repos:,} repos (results, jobs, history, dead letters, a canary)")
     index = load(settings, repos)
@@ -175,7 +170,6 @@ def run(settings: Settings, repos: int, tmp: Path, say: Callable[[str], None],
     timed("enqueue --stale (nothing stale)", "enqueue", "--stale")
     figures["stale_repos"] = make_stale(url, 100)
     timed("enqueue --stale (1 % stale)", "enqueue", "--stale")
-    drain_queue(settings)
     timed("sweep", "sweep", "--older-than", "0")
     timed("canary --sample", "canary", "--sample", str(min(10_000, max(1, repos // 10))), "--seed", "1")
     timed("diff", "diff", str(index.canary_run))
