@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -91,15 +91,18 @@ def record_outcomes(conn: Connection, store: Store, outcomes: Outcomes, *, task_
     record_dead_letters(conn, outcomes.dead, task_id)
 
 
-def claim_stuck(conn: Connection, store: Store, older_than_s: float, limit: int) -> dict[int | None, list[str]]:
-    """Repos of ``store`` queued (or due for a retry) longer than ``older_than_s``: re-stamped and returned
-    for re-sending (their message was lost), by the run each goes again under (its result is still that
-    run's). SKIP LOCKED lets two sweepers run without sweeping the same repo."""
+def claim_stuck(conn: Connection, store: Store, due_before: datetime, limit: int) -> dict[int | None, list[str]]:
+    """Up to ``limit`` repos of ``store`` queued (or due for a retry) since before ``due_before``: re-stamped
+    (due now) and returned for re-sending (their message was lost), by the run each goes again under (its
+    result is still that run's). SKIP LOCKED lets two sweepers run without sweeping the same repo.
+
+    A sweep claims page after page with the same ``due_before``, fixed when it starts: a bound computed
+    again for each page would pass the repos the sweep itself re-stamped (with --older-than 0, at once),
+    and claim them again for ever."""
     table, due, own = store._table()
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
     rows = conn.execute(
         sa.select(table.c.repo_id, table.c.run_id)
-        .where(*own, table.c.state.in_(("queued", "failed")), due < cutoff)
+        .where(*own, table.c.state.in_(("queued", "failed")), due < due_before)
         .order_by(table.c.repo_id).limit(limit).with_for_update(skip_locked=True)
     ).all()
     by_run: dict[int | None, list[str]] = {}

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import islice
 
 import structlog
@@ -25,6 +26,7 @@ from db.jobs import mark_queued
 from db.locks import advisory_lock, advisory_unlock, try_advisory_lock
 from db.progress import mark_run_sent
 from db.repos import Selection, count_repos, existing_repo_ids, page_repo_ids
+from db.results import utcnow
 from db.runs import add_run_enqueued, create_run
 from db.taxonomy import current_taxonomy_version, load_taxonomy
 from db.work import LIVE, Store, claim_stuck
@@ -314,6 +316,7 @@ def sweep_stuck(settings: Settings, older_than_s: float | None = None, *, wait: 
 
 def _sweep_stuck(settings: Settings, older_than_s: float | None, store: Store) -> int:
     older_than = settings.sweep_older_than_s if older_than_s is None else older_than_s
+    due_before = utcnow() - timedelta(seconds=older_than)
     if store.canary_run is not None:
         sender = Sender(canary_settings(settings, store.canary_run), run_id=store.canary_run, shadow=True)
     else:
@@ -321,7 +324,7 @@ def _sweep_stuck(settings: Settings, older_than_s: float | None, store: Store) -
     swept = 0
     while True:
         with transaction(settings.database_url) as conn:
-            by_run = claim_stuck(conn, store, older_than, PAGE_SIZE)
+            by_run = claim_stuck(conn, store, due_before, PAGE_SIZE)
         if not by_run:
             break
         claimed = 0

@@ -10,7 +10,8 @@ from db.engine import transaction
 from db.jobs import mark_done, mark_queued, schedule_retries
 from db.models import jobs, results
 from db.repos import upsert_repos
-from db.results import upsert_results
+from db.results import upsert_results, utcnow
+from db.work import LIVE, claim_stuck
 
 
 @pytest.fixture
@@ -70,6 +71,26 @@ def test_job_states_follow_queue_retry_and_done(url):
         mark_queued(conn, ["a"])  # a new enqueue starts over
         mark_done(conn, ["a"], "t-2")
     assert _jobs(url)["a"] == ("done", 0, "t-2")
+
+
+def test_a_sweep_claims_each_stuck_repo_once_page_after_page(url):
+    """Pages claimed with the bound the sweep fixed when it started: the repos it re-stamped are not due
+    again, even with no age bound at all (`tagger sweep --older-than 0`), so the sweep ends."""
+    ids = ["a", "b", "c", "d", "e"]
+    with transaction(url) as conn:
+        upsert_repos(conn, [{"id": i, "name": i, "readme": f"# {i}"} for i in ids])
+        mark_queued(conn, ids)
+    due_before = utcnow()
+    pages = []
+    while True:
+        with transaction(url) as conn:
+            page = claim_stuck(conn, LIVE, due_before, limit=2)
+        if not page:
+            break
+        pages.append(sorted(repo for group in page.values() for repo in group))
+    assert pages == [["a", "b"], ["c", "d"], ["e"]]
+    with transaction(url) as conn:  # a later sweep finds them all due again
+        assert sorted(claim_stuck(conn, LIVE, utcnow(), limit=10)[None]) == ids
 
 
 def test_confidences_are_stored_and_the_least_confident_come_first(url):
