@@ -23,7 +23,7 @@ _WRITTEN = (ResultField("repo_id", sa.Text()), *RESULT_FIELDS, ResultField("run_
 _ARRAYS = frozenset(f.name for f in RESULT_FIELDS if f.is_array)
 
 
-def _unnest(fields: Sequence[ResultField]) -> str:
+def unnest_rows(fields: Sequence[ResultField]) -> str:
     """Rows from one array parameter per field: the server plans and runs ONE statement per batch, and
     the driver binds a few arrays instead of every value of every row (a third less worker CPU per
     written row than executemany)."""
@@ -34,7 +34,7 @@ def _unnest(fields: Sequence[ResultField]) -> str:
 _INSERT = f"""
     INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at, changed_at)
     SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now(), now()
-    FROM {_unnest(_WRITTEN)}
+    FROM {unnest_rows(_WRITTEN)}
 """
 _RESULTS_INSERT = sa.text(_INSERT + " ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id")
 # A result never replaces one computed from a newer README, nor tags pinned by hand: the statement's own
@@ -51,7 +51,7 @@ _HISTORY_COLUMNS = ", ".join(VERSION_NAMES)
 # it replace; a rewrite by the same run (a redelivered batch) replaces its own version unarchived.
 _ARCHIVE_REPLACED = sa.text(f"""
     WITH n AS (
-        SELECT * FROM {_unnest([_WRITTEN[0], RESULT_FIELDS[RESULT_NAMES.index("readme_version")], _WRITTEN[-1]])}
+        SELECT * FROM {unnest_rows([_WRITTEN[0], RESULT_FIELDS[RESULT_NAMES.index("readme_version")], _WRITTEN[-1]])}
     ), old AS (
         SELECT results.*, n.readme_version AS new_version, n.run_id AS new_run
         FROM results JOIN n ON n.repo_id = results.repo_id
@@ -105,11 +105,6 @@ def _arrays(rows: Sequence[Mapping[str, Any]], fields: Sequence[ResultField] = _
         f.name: [_array_literal(row[f.name]) for row in rows] if f.name in _ARRAYS else [row[f.name] for row in rows]
         for f in fields
     }
-
-
-def unnest_rows(fields: Sequence[ResultField]) -> str:
-    """``unnest(...) AS r(...)`` over one array parameter per field (see field_arrays)."""
-    return _unnest(fields)
 
 
 def field_arrays(rows: Sequence[Mapping[str, Any]], fields: Sequence[ResultField]) -> dict[str, list[Any]]:
