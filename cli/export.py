@@ -13,7 +13,7 @@ import click
 from cli.settings import settings_with
 from db.engine import transaction
 from db.export import STALE_SUFFIX, database_now, iter_export_blocks
-from db.runs import get_run
+from db.runs import existing_run
 from tagger.errors import InputError
 from tagger.files import atomic_write, output_path
 
@@ -46,10 +46,7 @@ def export(out: str | None, with_scores: bool, changed_since: datetime | None, s
         raise InputError("give --changed-since or --since-run, not both")
     if since_run is not None:
         with transaction(settings.database_url) as conn:
-            run = get_run(conn, since_run)
-        if run is None:
-            raise InputError(f"there is no run {since_run} (see `tagger runs`)")
-        changed_since = run.started_at
+            changed_since = existing_run(conn, since_run).started_at
     elif changed_since is not None and changed_since.tzinfo is None:
         changed_since = changed_since.replace(tzinfo=UTC)
     target = output_path(out) if out is not None else None  # checked before the database is read

@@ -13,10 +13,10 @@ from cli.settings import settings_with
 from db.engine import transaction
 from db.jobs import status_counts
 from db.progress import RunProgress, recent_run_ids, runs_progress
-from db.runs import get_run, run_counts
+from db.runs import existing_run, run_counts
 from producer.progress import overall_pace, pace, read_progress, run_state, with_true_counts
 from producer.progress import watch as watch_runs
-from tagger.errors import BrokerUnavailable, InputError
+from tagger.errors import BrokerUnavailable
 from tagger.settings import Settings
 from workers.queues import queue_depth
 
@@ -88,9 +88,7 @@ def show_run(settings: Settings, run_id: int, as_json: bool) -> None:
     """`tagger status --run ID`: one run, its configuration, its counts, its state and pace. (producer.runs
     .find_run reads the same, but importing the producer's runs would load Celery for a look at one row.)"""
     with transaction(settings.database_url) as conn:
-        run = get_run(conn, run_id)
-        if run is None:
-            raise InputError(f"there is no run {run_id} (see `tagger runs`)")
+        run = existing_run(conn, run_id)
         (progress,) = runs_progress(conn, [run_id])
         counts = with_true_counts(run_counts(conn, run), progress)
     step = pace(progress, datetime.now(UTC))
@@ -109,8 +107,7 @@ def show_run(settings: Settings, run_id: int, as_json: bool) -> None:
 def _watch(settings: Settings, run_id: int | None) -> None:
     if run_id is not None:
         with transaction(settings.database_url) as conn:
-            if get_run(conn, run_id) is None:
-                raise InputError(f"there is no run {run_id} (see `tagger runs`)")
+            existing_run(conn, run_id)
         ids = [run_id]
     else:
         recent = read_progress(settings, limit=RECENT_RUNS)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
 from db.models import JOB_STATES, jobs, result_history, results, runs, shadow_results
+from tagger.errors import InputError
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,16 @@ def add_run_enqueued(conn: Connection, run_id: int, n: int) -> None:
 def get_run(conn: Connection, run_id: int) -> Run | None:
     row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
     return Run.from_row(row) if row else None
+
+
+def existing_run(conn: Connection, run_id: int, kind: str | None = None) -> Run:
+    """Run ``run_id``, as an operator named it: InputError when there is no such run (or not of ``kind``)."""
+    run = get_run(conn, run_id)
+    if run is None:
+        raise InputError(f"there is no run {run_id} (see `tagger runs`)")
+    if kind is not None and run.kind != kind:
+        raise InputError(f"run {run_id} is a {run.kind} run, not a {kind} run")
+    return run
 
 
 def list_runs(conn: Connection, limit: int) -> list[Run]:

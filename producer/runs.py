@@ -25,7 +25,7 @@ from db.engine import transaction
 from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
 from db.pins import Pin, get_pin, pin_tags, unpin_tags
 from db.repos import repo_exists
-from db.runs import Run, create_run, get_run, lock_run, run_counts
+from db.runs import Run, create_run, existing_run, lock_run, run_counts
 from db.taxonomy import current_taxonomy_version, load_taxonomy
 from producer.enqueue import PAGE_SIZE, RunSpec, Sender, canary_settings, current_configuration, iter_selection
 from tagger.errors import ConfigError, InputError
@@ -55,11 +55,7 @@ class RunStatus:
 def find_run(settings: Settings, run_id: int, kind: str | None = None) -> RunStatus:
     """The run and its counts; InputError when there is no such run (or not of ``kind``)."""
     with transaction(settings.database_url) as conn:
-        run = get_run(conn, run_id)
-        if run is None:
-            raise InputError(f"there is no run {run_id} (see `tagger runs`)")
-        if kind is not None and run.kind != kind:
-            raise InputError(f"run {run_id} is a {run.kind} run, not a {kind} run")
+        run = existing_run(conn, run_id, kind)
         return RunStatus(run, run_counts(conn, run))
 
 
@@ -225,20 +221,11 @@ class PromoteReport:
     already: int  # promoted before
 
 
-def _existing_run(conn: Any, run_id: int, kind: str | None = None) -> Run:
-    run = get_run(conn, run_id)
-    if run is None:
-        raise InputError(f"there is no run {run_id} (see `tagger runs`)")
-    if kind is not None and run.kind != kind:
-        raise InputError(f"run {run_id} is a {run.kind} run, not a {kind} run")
-    return run
-
-
 def promote_run(settings: Settings, run_id: int) -> PromoteReport:
     """Write a canary's results to live, except pinned repos and repos whose README changed since (the
     write step's own conditions). Only what was not promoted before: promoting twice is harmless."""
     with transaction(settings.database_url) as conn:
-        _existing_run(conn, run_id, kind="canary")
+        existing_run(conn, run_id, kind="canary")
         run = lock_run(conn, run_id)
         if run is None or run.rolled_back_at is not None:
             raise InputError(f"run {run_id} was rolled back: promote a new canary instead")
@@ -254,7 +241,7 @@ def promote_run(settings: Settings, run_id: int) -> PromoteReport:
 def rollback(settings: Settings, run_id: int) -> RollbackReport:
     """Roll a run back (db.history.rollback_run): one transaction, set-based, whatever the run's size."""
     with transaction(settings.database_url) as conn:
-        _existing_run(conn, run_id)
+        existing_run(conn, run_id)
         lock_run(conn, run_id)
         report = rollback_run(conn, run_id)
     log.info("run_rolled_back", run_id=run_id, restored=report.restored, removed=report.removed,
