@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -25,6 +25,14 @@ URLS_KEY = "tagger.urls"  # in the context's meta: the service URLs of the setti
 # What every command runs first (its settings read, logging configured), in a module imported only then, as
 # the commands' are: `tagger --help` and `--version` load neither pydantic nor structlog.
 START = "cli.settings:start"
+# The dates and times options accept: a date, or a time with or without an offset (as `export` prints it).
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
+                "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time given without an offset is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class UserError(click.ClickException):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
-from cli.base import operator
+from cli.base import DATE_FORMATS, as_utc, operator
 from cli.settings import settings_with
 from db.dead_letters import dead_letter_ids, get_dead_letter, list_dead_letters, purge_dead_letters
 from db.engine import transaction
@@ -80,10 +80,10 @@ def dlq_requeue(all_: bool, repo_ids: tuple[str, ...]) -> None:
 
 
 @dlq.command("purge")
-@click.option("--before", required=True, type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              help="Delete dead letters whose last failure is older than this date (UTC).")
+@click.option("--before", required=True, type=click.DateTime(DATE_FORMATS),
+              help="Delete dead letters whose last failure is older than this date or time (UTC when naive).")
 def dlq_purge(before: datetime) -> None:
     """Delete old dead letters (their repos keep their job state 'dead')."""
     with transaction(settings_with().database_url) as conn:
-        removed = purge_dead_letters(conn, before.replace(tzinfo=UTC))
+        removed = purge_dead_letters(conn, as_utc(before))
     click.echo(f"purged {removed} dead letters")

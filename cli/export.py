@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TextIO
 
 import click
 
+from cli.base import DATE_FORMATS, as_utc
 from cli.settings import settings_with
 from db.engine import transaction
 from db.export import STALE_SUFFIX, database_now, iter_export_blocks
 from db.runs import existing_run
 from tagger.errors import InputError
 from tagger.files import atomic_write, output_path
-
-# What --changed-since accepts: a date, or a time (with or without an offset, as `export` prints it).
-DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
-                "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]
 
 
 @click.command()
@@ -47,8 +44,8 @@ def export(out: str | None, with_scores: bool, changed_since: datetime | None, s
     if since_run is not None:
         with transaction(settings.database_url) as conn:
             changed_since = existing_run(conn, since_run).started_at
-    elif changed_since is not None and changed_since.tzinfo is None:
-        changed_since = changed_since.replace(tzinfo=UTC)
+    elif changed_since is not None:
+        changed_since = as_utc(changed_since)
     target = output_path(out) if out is not None else None  # checked before the database is read
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(atomic_write(target)) if target else sys.stdout

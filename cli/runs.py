@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
 
-from cli.base import jsonable, operator, when
+from cli.base import DATE_FORMATS, as_utc, jsonable, operator, when
 from cli.settings import settings_with
 from db.engine import transaction
 from db.progress import runs_progress
@@ -174,7 +174,7 @@ def history_group() -> None:
 
 @history_group.command("prune")
 @click.option("--keep", type=int, metavar="N", help="Keep each repo's N newest replaced versions.")
-@click.option("--before", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+@click.option("--before", type=click.DateTime(DATE_FORMATS),
               metavar="DATE", help="Prune only versions replaced before DATE (UTC when naive).")
 @click.option("--dry-run", is_flag=True, help="Say what would be pruned and which rollbacks it would make "
               "impossible; change nothing.")
@@ -182,9 +182,7 @@ def prune_(keep: int | None, before: datetime | None, dry_run: bool) -> None:
     """Delete history versions past the retention: beyond each repo's N newest (--keep) and replaced before
     DATE (--before); with both, a version goes only when both say so. Runs (not rolled back) that lose a
     version they replaced can no longer be rolled back: listed here, and `tagger rollback` refuses them."""
-    if before is not None and before.tzinfo is None:
-        before = before.replace(tzinfo=UTC)
-    report = prune(settings_with(), keep=keep, before=before, dry_run=dry_run)
+    report = prune(settings_with(), keep=keep, before=None if before is None else as_utc(before), dry_run=dry_run)
     verb = "would prune" if dry_run else "pruned"
     click.echo(f"{verb} {report.versions} history versions")
     if report.lost_rollbacks:

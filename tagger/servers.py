@@ -259,10 +259,12 @@ def redis_server(folder: Path) -> Iterator[Server]:
         return _spawn([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(data), "--daemonize", "no"], log)
 
-    proc, port = _start_on_a_free_port("Redis", spawn, lambda port: _redis_ready(f"redis://127.0.0.1:{port}/0"), log)
-    url = f"redis://127.0.0.1:{port}/0"
+    def url(port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0"
+
+    proc, port = _start_on_a_free_port("Redis", spawn, lambda port: _redis_ready(url(port)), log)
     try:
-        yield Server("Redis", url, proc.pid, time.monotonic() - started)
+        yield Server("Redis", url(port), proc.pid, time.monotonic() - started)
     finally:
         _stop(proc, signal.SIGTERM)
 
