@@ -27,6 +27,8 @@ TABLE_NAMES = ("repos", "results", "dead_letters", *(f"jobs:{state}" for state i
 # A run's counters: "tagged" (repos it wrote a result for, live or replaced since), "results" (live
 # results whose run it is), "jobs:<state>" (repos it was the last to enqueue, by job state).
 RUN_COUNTERS = ("tagged", "results", *(f"jobs:{state}" for state in JOB_STATES))
+# A canary's: its sample's repos by state, and those promoted.
+CANARY_COUNTERS = (*(f"shadow_results:{state}" for state in JOB_STATES), "shadow_results:promoted")
 
 
 def _read(conn: Connection, names: Sequence[str]) -> dict[str, int]:
@@ -39,8 +41,10 @@ def table_counts(conn: Connection) -> dict[str, int]:
     return _read(conn, TABLE_NAMES)
 
 
-def run_counters(conn: Connection, run_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    """Each run's RUN_COUNTERS (zero where it has none), exact as of this transaction."""
-    found = _read(conn, [f"run:{run_id}:{counter}" for run_id in run_ids for counter in RUN_COUNTERS])
-    return {run_id: {counter: found.get(f"run:{run_id}:{counter}", 0) for counter in RUN_COUNTERS}
+def run_counters(conn: Connection, run_ids: Sequence[int],
+                 counters: Sequence[str] = RUN_COUNTERS) -> dict[int, dict[str, int]]:
+    """Each run's ``counters`` (RUN_COUNTERS, CANARY_COUNTERS; zero where it has none), exact as of this
+    transaction."""
+    found = _read(conn, [f"run:{run_id}:{counter}" for run_id in run_ids for counter in counters])
+    return {run_id: {counter: found.get(f"run:{run_id}:{counter}", 0) for counter in counters}
             for run_id in run_ids}

@@ -210,8 +210,7 @@ runs = Table(
     Column("prompt_version", Text, nullable=False),
     Column("taxonomy_version", Integer, nullable=True),
     Column("selection", Text, nullable=False),
-    # Repos sent so far; the rest of a live run's counts are kept in row_counts, a canary's read off
-    # shadow_results.
+    # Repos sent so far; the rest of a run's counts are kept in row_counts (db.counts).
     Column("enqueued", Integer, server_default="0", nullable=False),
     # When its producer finished sending (None: still sending, or killed while it was).
     Column("sent_at", Timestamp, nullable=True),
@@ -240,17 +239,19 @@ shadow_results = Table(
     Column("updated_at", Timestamp, server_default=func.now(), nullable=False),
     Column("promoted_at", Timestamp, nullable=True),
     CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
+    # A canary's first and last result as two probes (db.progress); its sweeper's due repos.
+    Index("ix_shadow_results_run_id_state_updated_at", "run_id", "state", "updated_at"),
 )
 
 # Rows per table (and jobs per state), kept by statement-level triggers (migration 0006_row_counts) so
 # that `tagger status` and a metrics scrape read a few rows instead of counting the index; and per run
-# (0007_run_counts): repos it tagged, its live results, its jobs per state. Each writing
+# (0007_run_counts): repos it tagged, its live results, its jobs per state; a canary's sample per state. Each writing
 # statement appends its net change as a row: writers never wait on one another for a counter row, and
 # the reader folds the deltas into row_counts (db.counts.table_counts).
 row_counts = Table(
     "row_counts", metadata,
     # "repos", "results", "dead_letters", "jobs:<state>"; "run:<id>:tagged", "run:<id>:results",
-    # "run:<id>:jobs:<state>"
+    # "run:<id>:jobs:<state>", "run:<id>:shadow_results:<state>", "run:<id>:shadow_results:promoted"
     Column("name", Text, primary_key=True),
     Column("n", BigInteger, nullable=False),
 )

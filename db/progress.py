@@ -19,8 +19,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from db.counts import run_counters
-from db.models import runs, shadow_results
+from db.counts import CANARY_COUNTERS, run_counters
+from db.models import JOB_STATES, runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +45,18 @@ def mark_run_sent(conn: Connection, run_id: int) -> None:
 
 
 def runs_progress(conn: Connection, run_ids: Sequence[int]) -> list[RunProgress]:
-    """Each of ``run_ids``' progress, in the order given (unknown ids left out). A live run's counts are
-    its trigger-kept counters (db.counts) and its first and last result two index probes a table: a
-    few rows per run, whatever the run's size or the index's."""
+    """Each of ``run_ids``' progress, in the order given (unknown ids left out): its trigger-kept
+    counters (db.counts) and its first and last result, index probes: a few rows per run, whatever the
+    run's size or the index's."""
     found = {r["id"]: r for r in conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids)))).mappings()}
     live = [i for i in run_ids if i in found and found[i]["kind"] == "live"]
-    counters = run_counters(conn, live) if live else {}
+    canaries = [i for i in run_ids if i in found and found[i]["kind"] == "canary"]
+    counters = (run_counters(conn, live) if live else {}) | (
+        run_counters(conn, canaries, CANARY_COUNTERS) if canaries else {})
     spans = {run_id: (first, last) for run_id, first, last in conn.execute(_SPANS, {"ids": live})} if live else {}
-    return [_live(found[i], counters[i], *spans[i]) if i in counters else _canary(conn, found[i])
+    if canaries:
+        spans |= {run_id: (first, last) for run_id, first, last in conn.execute(_CANARY_SPANS, {"ids": canaries})}
+    return [(_live if found[i]["kind"] == "live" else _canary)(found[i], counters[i], *spans[i])
             for i in run_ids if i in found]
 
 
@@ -79,36 +83,29 @@ def _live(run: sa.RowMapping, counters: dict[str, int], first: datetime | None,
                        counters["jobs:dead"], first, last, run["promoted_at"], run["rolled_back_at"], run["sent_at"])
 
 
-def _canary(conn: Connection, run: sa.RowMapping) -> RunProgress:
-    """A canary's sample, read off its shadow results: the primary key's range of the run, as many
-    rows as the sample."""
-    run_id = int(run["id"])
-    row = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.count().filter(shadow_results.c.state == "done"),
-            sa.func.count().filter(shadow_results.c.state.in_(("queued", "failed"))),
-            sa.func.count().filter(shadow_results.c.state == "dead"),
-            sa.func.min(shadow_results.c.updated_at).filter(shadow_results.c.state == "done"),
-            sa.func.max(shadow_results.c.updated_at).filter(shadow_results.c.state == "done"),
-        ).where(shadow_results.c.run_id == run_id)
-    ).one()
-    sample, done, pending, dead, first, last = row
-    return RunProgress(run_id, "canary", run["started_at"], int(sample), int(done), int(pending), int(dead),
-                       first, last, run["promoted_at"], run["rolled_back_at"], run["sent_at"])
+_CANARY_SPANS = sa.text("""
+    SELECT w.run, d.first, d.last
+    FROM unnest(CAST(:ids AS int[])) AS w(run)
+    CROSS JOIN LATERAL (SELECT min(updated_at) AS first, max(updated_at) AS last FROM shadow_results
+                        WHERE run_id = w.run AND state = 'done') AS d
+""")
+
+
+def _canary(run: sa.RowMapping, counters: dict[str, int], first: datetime | None,
+            last: datetime | None) -> RunProgress:
+    """A canary's sample: its repos by state (shadow results), its first and last result done."""
+    by_state = {state: counters[f"shadow_results:{state}"] for state in JOB_STATES}
+    return RunProgress(int(run["id"]), "canary", run["started_at"], sum(by_state.values()), by_state["done"],
+                       by_state["queued"] + by_state["failed"], by_state["dead"], first, last, run["promoted_at"],
+                       run["rolled_back_at"], run["sent_at"])
 
 
 def canaries_pending(conn: Connection) -> dict[int, int]:
     """Canary runs with repos of their sample still to tag, and how many (promoted or rolled-back ones
-    aside: nobody waits for them any more). From the runs' table: only open canaries' samples are read
-    (each its primary key's range), not every canary's shadow results ever written."""
-    rows = conn.execute(_CANARIES_PENDING).all()
-    return {int(run_id): int(n) for run_id, n in rows}
-
-
-_CANARIES_PENDING = sa.text("""
-    SELECT r.id, p.n FROM runs r
-    CROSS JOIN LATERAL (SELECT count(*) AS n FROM shadow_results s
-                        WHERE s.run_id = r.id AND s.state IN ('queued', 'failed')) AS p
-    WHERE r.kind = 'canary' AND r.rolled_back_at IS NULL AND r.promoted_at IS NULL AND p.n > 0
-""")
+    aside: nobody waits for them any more). Their counters: a few rows per open canary."""
+    open_ids = list(conn.execute(
+        sa.select(runs.c.id).where(runs.c.kind == "canary", runs.c.rolled_back_at.is_(None),
+                                   runs.c.promoted_at.is_(None)).order_by(runs.c.id)).scalars())
+    counters = run_counters(conn, open_ids, CANARY_COUNTERS) if open_ids else {}
+    pending = {run_id: c["shadow_results:queued"] + c["shadow_results:failed"] for run_id, c in counters.items()}
+    return {run_id: n for run_id, n in pending.items() if n}

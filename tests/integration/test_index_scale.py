@@ -13,13 +13,13 @@ import sqlalchemy as sa
 
 from db.canary import insert_shadow_queued, promote_shadow_results, write_shadow_results
 from db.configuration import Configuration
-from db.counts import RUN_COUNTERS, run_counters
+from db.counts import CANARY_COUNTERS, RUN_COUNTERS, run_counters
 from db.dead_letters import DeadLetter, delete_dead_letters, purge_dead_letters, record_dead_letters
 from db.engine import transaction
 from db.history import prune_history, rollback_run
 from db.jobs import mark_done, mark_queued, schedule_retries, status_counts
 from db.pins import pin_tags, unpin_tags
-from db.progress import runs_progress
+from db.progress import canaries_pending, runs_progress
 from db.results import upsert_results
 from db.runs import create_run
 from producer import importer
@@ -259,6 +259,55 @@ def test_run_counters_stay_exact_through_every_write_path(database_url):
         conn.execute(sa.text("TRUNCATE jobs"))
     assert_run_counters_exact(database_url, [*runs, canary])
     assert_counts_exact(database_url)
+
+
+def assert_canary_counters_exact(url: str, run_ids: list[int]) -> dict[int, dict[str, int]]:
+    with transaction(url) as conn:
+        kept = run_counters(conn, run_ids, CANARY_COUNTERS)
+        rows = conn.execute(sa.text("SELECT run_id, state, count(*), count(promoted_at) FROM shadow_results "
+                                    "GROUP BY run_id, state")).all()
+    counted = {run: dict.fromkeys(CANARY_COUNTERS, 0) for run in run_ids}
+    for run, state, n, promoted in rows:
+        if run in counted:
+            counted[run][f"shadow_results:{state}"] += n
+            counted[run]["shadow_results:promoted"] += promoted
+    assert kept == counted
+    return kept
+
+
+def test_canary_counters_stay_exact_through_every_write_path(database_url):
+    add_repos(database_url)
+    canary, other = new_run(database_url, "canary"), new_run(database_url, "canary")
+    with transaction(database_url) as conn:
+        insert_shadow_queued(conn, canary, ids(100))
+        insert_shadow_queued(conn, other, ids(30))
+    assert assert_canary_counters_exact(database_url, [canary, other])[canary]["shadow_results:queued"] == 100
+    with transaction(database_url) as conn:
+        write_shadow_results(conn, canary, [row(i, [7], None) | {"state": "done", "error": None} for i in ids(60)])
+        write_shadow_results(conn, canary, [{"repo_id": i, "state": "failed", "attempts": 1, "error": "boom"}
+                                            for i in ids(20, start=50)])  # 10 already done: untouched
+        write_shadow_results(conn, canary, [{"repo_id": i, "state": "dead", "attempts": 3, "error": "boom"}
+                                            for i in ids(10, start=90)])
+    kept = assert_canary_counters_exact(database_url, [canary, other])
+    assert [kept[canary][f"shadow_results:{s}"] for s in ("queued", "done", "failed", "dead")] == [20, 60, 10, 10]
+    with transaction(database_url) as conn:
+        assert canaries_pending(conn) == {canary: 30, other: 30}
+        (progress,) = runs_progress(conn, [canary])
+        first, last = conn.execute(sa.text("SELECT min(updated_at), max(updated_at) FROM shadow_results "
+                                           "WHERE run_id = :r AND state = 'done'"), {"r": canary}).one()
+    assert (progress.enqueued, progress.tagged, progress.pending, progress.dead) == (100, 60, 30, 10)
+    assert (progress.first_tagged_at, progress.last_tagged_at) == (first, last)
+    with transaction(database_url) as conn:
+        promote_shadow_results(conn, canary)
+    assert assert_canary_counters_exact(database_url, [canary, other])[canary]["shadow_results:promoted"] == 60
+    with transaction(database_url) as conn:
+        assert canaries_pending(conn) == {other: 30}  # promoted: nobody waits for it
+        conn.execute(sa.text("DELETE FROM runs WHERE id = :r"), {"r": other})  # cascades into its sample
+        conn.execute(sa.text("DELETE FROM repos WHERE id >= 'r00095'"))
+    assert_canary_counters_exact(database_url, [canary, other])
+    with transaction(database_url) as conn:
+        conn.execute(sa.text("TRUNCATE shadow_results"))
+    assert_canary_counters_exact(database_url, [canary, other])
 
 
 def test_run_progress_reads_first_and_last_result_of_live_and_replaced(database_url):
