@@ -173,6 +173,9 @@ def _derived_rows(shape: IndexShape, arrays: bool) -> list[str]:
                    %(c_taxonomy_version)s, readme_hash, 1, '{{"tags": []}}', 5.0, {_tag_scores_sql("id", arrays)},
                    0.5 + (abs(hashtext(id)) %% 500) / 1000.0, now() - interval '1 day', %(live_run)s
             FROM repos""",
+        # The old run's versions went into history directly, never through a write of its own: its
+        # "tagged" counter (db.counts) is what its writes would have left.
+        """INSERT INTO row_count_deltas (name, n) SELECT 'run:' || %(old_run)s || ':tagged', count(*) FROM repos""",
         """INSERT INTO jobs (repo_id, state, attempts, queued_at, updated_at, task_id, run_id)
             SELECT id, 'done', 0, now() - interval '1 day', now() - interval '1 day', 'bench', %(live_run)s
             FROM repos""",

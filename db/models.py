@@ -139,12 +139,14 @@ results = Table(
     # The run whose write this is (None: written before runs existed, or pinned by hand). No foreign key:
     # a check per written row (a trigger) measurably slowed the hot path; workers check the run once
     # per batch (workers.batch.process_batch).
-    Column("run_id", Integer, nullable=True, index=True),
+    Column("run_id", Integer, nullable=True),
     # When the repo's live tags last changed by any write (a run, a promote, a pin, an unpin, a rollback's
     # restore): what `tagger export --changed-since` and the tag rate read, through its index. tagged_at
     # is when the result was computed, and a restored version keeps its own.
     Column("changed_at", Timestamp, server_default=func.now(), nullable=False, index=True),
     Index("ix_results_confidence", "confidence"),
+    # A run's rows, and its first and last result as two probes (db.progress).
+    Index("ix_results_run_id_tagged_at", "run_id", "tagged_at"),
 )
 
 # A result as a version: what history keeps, rollback restores and `tagger history` shows.
@@ -156,7 +158,7 @@ result_history = Table(
     _repo_key(primary_key=False),
     *result_columns(),
     Column("tagged_at", Timestamp, nullable=False),
-    Column("run_id", Integer, nullable=True, index=True),
+    Column("run_id", Integer, nullable=True),
     Column("replaced_at", Timestamp, server_default=func.now(), nullable=False),
     # What replaced it: run N's write, or "manual", "unpin", "rollback".
     Column("replaced_by_run", Integer, nullable=True, index=True),
@@ -165,6 +167,7 @@ result_history = Table(
     # A result removed (unpinned to nothing, rolled back to untagged) is archived then deleted: its
     # archive's time is the removal's, which `tagger export --changed-since` reads through this index.
     Index("ix_result_history_replaced_at", "replaced_at"),
+    Index("ix_result_history_run_id_tagged_at", "run_id", "tagged_at"),
 )
 
 jobs = Table(
@@ -207,7 +210,7 @@ runs = Table(
     Column("prompt_version", Text, nullable=False),
     Column("taxonomy_version", Integer, nullable=True),
     Column("selection", Text, nullable=False),
-    # Repos sent so far; the rest of a run's counts are read off jobs, results and shadow_results.
+    # Repos sent so far; the rest of a run's counts are kept in row_counts (db.counts).
     Column("enqueued", Integer, server_default="0", nullable=False),
     # When its producer finished sending (None: still sending, or killed while it was).
     Column("sent_at", Timestamp, nullable=True),
@@ -236,15 +239,20 @@ shadow_results = Table(
     Column("updated_at", Timestamp, server_default=func.now(), nullable=False),
     Column("promoted_at", Timestamp, nullable=True),
     CheckConstraint("state IN ('queued', 'done', 'failed', 'dead')", name="state"),
+    # A canary's first and last result as two probes (db.progress); its sweeper's due repos.
+    Index("ix_shadow_results_run_id_state_updated_at", "run_id", "state", "updated_at"),
 )
 
 # Rows per table (and jobs per state), kept by statement-level triggers (migration 0006_row_counts) so
-# that `tagger status` and a metrics scrape read a few rows instead of counting the index. Each writing
+# that `tagger status` and a metrics scrape read a few rows instead of counting the index; and per run
+# (0007_run_counts): repos it tagged, its live results, its jobs per state; a canary's sample per state. Each writing
 # statement appends its net change as a row: writers never wait on one another for a counter row, and
 # the reader folds the deltas into row_counts (db.counts.table_counts).
 row_counts = Table(
     "row_counts", metadata,
-    Column("name", Text, primary_key=True),  # "repos", "results", "dead_letters", "jobs:<state>"
+    # "repos", "results", "dead_letters", "jobs:<state>"; "run:<id>:tagged", "run:<id>:results",
+    # "run:<id>:jobs:<state>", "run:<id>:shadow_results:<state>", "run:<id>:shadow_results:promoted"
+    Column("name", Text, primary_key=True),
     Column("n", BigInteger, nullable=False),
 )
 

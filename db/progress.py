@@ -3,6 +3,11 @@
 A run's "tagged" counts every repo it wrote a result for, whether that result is still live or was
 replaced since by a later run (then it is in result_history under this run's id): the count stays true
 after later runs. Its first and last result times give the run's own rate.
+
+A live run's counts are kept as the writes happen (migration 0007_run_counts, db.counts): "tagged" is
+incremented when the run writes a repo's result and the live one was not already its own, and never
+decremented (pruned history and deleted repos stay counted). One known overcount: a batch of the run
+redelivered after another write replaced its result counts the repo a second time.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from db.models import jobs, result_history, results, runs, shadow_results
+from db.counts import CANARY_COUNTERS, run_counters
+from db.models import JOB_STATES, runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,56 +45,67 @@ def mark_run_sent(conn: Connection, run_id: int) -> None:
 
 
 def runs_progress(conn: Connection, run_ids: Sequence[int]) -> list[RunProgress]:
-    """Each of ``run_ids``' progress, in the order given (unknown ids left out); a few queries each,
-    through the run_id indexes."""
+    """Each of ``run_ids``' progress, in the order given (unknown ids left out): its trigger-kept
+    counters (db.counts) and its first and last result, index probes: a few rows per run, whatever the
+    run's size or the index's."""
     found = {r["id"]: r for r in conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids)))).mappings()}
-    return [_progress(conn, found[i]) for i in run_ids if i in found]
+    live = [i for i in run_ids if i in found and found[i]["kind"] == "live"]
+    canaries = [i for i in run_ids if i in found and found[i]["kind"] == "canary"]
+    counters = (run_counters(conn, live) if live else {}) | (
+        run_counters(conn, canaries, CANARY_COUNTERS) if canaries else {})
+    spans = {run_id: (first, last) for run_id, first, last in conn.execute(_SPANS, {"ids": live})} if live else {}
+    if canaries:
+        spans |= {run_id: (first, last) for run_id, first, last in conn.execute(_CANARY_SPANS, {"ids": canaries})}
+    return [(_live if found[i]["kind"] == "live" else _canary)(found[i], counters[i], *spans[i])
+            for i in run_ids if i in found]
 
 
 def recent_run_ids(conn: Connection, limit: int) -> list[int]:
     return list(conn.execute(sa.select(runs.c.id).order_by(runs.c.id.desc()).limit(limit)).scalars())
 
 
-def _progress(conn: Connection, run: sa.RowMapping) -> RunProgress:
-    run_id = int(run["id"])
-    if run["kind"] == "canary":
-        row = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.count().filter(shadow_results.c.state == "done"),
-                sa.func.count().filter(shadow_results.c.state.in_(("queued", "failed"))),
-                sa.func.count().filter(shadow_results.c.state == "dead"),
-                sa.func.min(shadow_results.c.updated_at).filter(shadow_results.c.state == "done"),
-                sa.func.max(shadow_results.c.updated_at).filter(shadow_results.c.state == "done"),
-            ).where(shadow_results.c.run_id == run_id)
-        ).one()
-        sample, done, pending, dead, first, last = row
-        return RunProgress(run_id, "canary", run["started_at"], int(sample), int(done), int(pending), int(dead),
-                           first, last, run["promoted_at"], run["rolled_back_at"], run["sent_at"])
-    written = sa.union(
-        sa.select(results.c.repo_id, results.c.tagged_at).where(results.c.run_id == run_id),
-        sa.select(result_history.c.repo_id, result_history.c.tagged_at).where(result_history.c.run_id == run_id),
-    ).subquery()
-    tagged, first, last = conn.execute(
-        sa.select(sa.func.count(sa.distinct(written.c.repo_id)), sa.func.min(written.c.tagged_at),
-                  sa.func.max(written.c.tagged_at))
-    ).one()
-    pending, dead = conn.execute(
-        sa.select(sa.func.count().filter(jobs.c.state.in_(("queued", "failed"))),
-                  sa.func.count().filter(jobs.c.state == "dead")).where(jobs.c.run_id == run_id)
-    ).one()
-    return RunProgress(run_id, "live", run["started_at"], int(run["enqueued"]), int(tagged), int(pending), int(dead),
-                       first, last, run["promoted_at"], run["rolled_back_at"], run["sent_at"])
+# Each run's first and last result, live or replaced since: min and max through the (run_id, tagged_at)
+# indexes, one probe each (the unnest's column is not named id: result_history has an id of its own).
+_SPANS = sa.text("""
+    SELECT w.run, least(r.first, h.first), greatest(r.last, h.last)
+    FROM unnest(CAST(:ids AS int[])) AS w(run)
+    CROSS JOIN LATERAL (SELECT min(tagged_at) AS first, max(tagged_at) AS last FROM results
+                        WHERE run_id = w.run) AS r
+    CROSS JOIN LATERAL (SELECT min(tagged_at) AS first, max(tagged_at) AS last FROM result_history
+                        WHERE run_id = w.run) AS h
+""")
+
+
+def _live(run: sa.RowMapping, counters: dict[str, int], first: datetime | None,
+          last: datetime | None) -> RunProgress:
+    pending = counters["jobs:queued"] + counters["jobs:failed"]
+    return RunProgress(int(run["id"]), "live", run["started_at"], int(run["enqueued"]), counters["tagged"], pending,
+                       counters["jobs:dead"], first, last, run["promoted_at"], run["rolled_back_at"], run["sent_at"])
+
+
+_CANARY_SPANS = sa.text("""
+    SELECT w.run, d.first, d.last
+    FROM unnest(CAST(:ids AS int[])) AS w(run)
+    CROSS JOIN LATERAL (SELECT min(updated_at) AS first, max(updated_at) AS last FROM shadow_results
+                        WHERE run_id = w.run AND state = 'done') AS d
+""")
+
+
+def _canary(run: sa.RowMapping, counters: dict[str, int], first: datetime | None,
+            last: datetime | None) -> RunProgress:
+    """A canary's sample: its repos by state (shadow results), its first and last result done."""
+    by_state = {state: counters[f"shadow_results:{state}"] for state in JOB_STATES}
+    return RunProgress(int(run["id"]), "canary", run["started_at"], sum(by_state.values()), by_state["done"],
+                       by_state["queued"] + by_state["failed"], by_state["dead"], first, last, run["promoted_at"],
+                       run["rolled_back_at"], run["sent_at"])
 
 
 def canaries_pending(conn: Connection) -> dict[int, int]:
     """Canary runs with repos of their sample still to tag, and how many (promoted or rolled-back ones
-    aside: nobody waits for them any more)."""
-    rows = conn.execute(
-        sa.select(shadow_results.c.run_id, sa.func.count())
-        .join(runs, runs.c.id == shadow_results.c.run_id)
-        .where(shadow_results.c.state.in_(("queued", "failed")), runs.c.rolled_back_at.is_(None),
-               runs.c.promoted_at.is_(None))
-        .group_by(shadow_results.c.run_id)
-    ).all()
-    return {int(run_id): int(n) for run_id, n in rows}
+    aside: nobody waits for them any more). Their counters: a few rows per open canary."""
+    open_ids = list(conn.execute(
+        sa.select(runs.c.id).where(runs.c.kind == "canary", runs.c.rolled_back_at.is_(None),
+                                   runs.c.promoted_at.is_(None)).order_by(runs.c.id)).scalars())
+    counters = run_counters(conn, open_ids, CANARY_COUNTERS) if open_ids else {}
+    pending = {run_id: c["shadow_results:queued"] + c["shadow_results:failed"] for run_id, c in counters.items()}
+    return {run_id: n for run_id, n in pending.items() if n}

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
-from db.models import JOB_STATES, jobs, result_history, results, runs, shadow_results
+from db.counts import CANARY_COUNTERS, run_counters
+from db.models import JOB_STATES, runs
 from tagger.errors import InputError
 
 
@@ -109,21 +110,13 @@ def mark_run_rolled_back(conn: Connection, run_id: int) -> None:
 
 def run_counts(conn: Connection, run: Run) -> dict[str, int]:
     """Progress of a run. Live: its repos by job state (while this run is the last to enqueue them),
-    results it wrote that are still current, and those replaced since. Canary: its sample by state."""
+    results it wrote that are still current, and repos it tagged whose live result is another's since,
+    from its trigger-kept counters (db.counts). Canary: its sample by state, and how much was promoted."""
     if run.is_canary:
-        rows = conn.execute(sa.select(shadow_results.c.state, sa.func.count()).where(shadow_results.c.run_id == run.id)
-                            .group_by(shadow_results.c.state)).all()
-        by_state = {state: int(n) for state, n in rows}
-        promoted = conn.execute(sa.select(sa.func.count()).select_from(shadow_results).where(
-            shadow_results.c.run_id == run.id, shadow_results.c.promoted_at.is_not(None))).scalar_one()
-        return {"sample": sum(by_state.values()), **{s: by_state.get(s, 0) for s in JOB_STATES},
-                "promoted": int(promoted)}
-    rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.run_id == run.id)
-                        .group_by(jobs.c.state)).all()
-    by_state = {state: int(n) for state, n in rows}
-    current = conn.execute(
-        sa.select(sa.func.count()).select_from(results).where(results.c.run_id == run.id)).scalar_one()
-    replaced = conn.execute(sa.select(sa.func.count(sa.distinct(result_history.c.repo_id))).where(
-        result_history.c.run_id == run.id)).scalar_one()
-    return {"enqueued": run.enqueued, **{s: by_state.get(s, 0) for s in JOB_STATES},
-            "results_current": int(current), "results_replaced_since": int(replaced)}
+        kept = run_counters(conn, [run.id], CANARY_COUNTERS)[run.id]
+        by_state = {s: kept[f"shadow_results:{s}"] for s in JOB_STATES}
+        return {"sample": sum(by_state.values()), **by_state, "promoted": kept["shadow_results:promoted"]}
+    counters = run_counters(conn, [run.id])[run.id]
+    return {"enqueued": run.enqueued, **{s: counters[f"jobs:{s}"] for s in JOB_STATES},
+            "results_current": counters["results"],
+            "results_replaced_since": max(0, counters["tagged"] - counters["results"])}

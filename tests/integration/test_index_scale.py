@@ -13,11 +13,13 @@ import sqlalchemy as sa
 
 from db.canary import insert_shadow_queued, promote_shadow_results, write_shadow_results
 from db.configuration import Configuration
+from db.counts import CANARY_COUNTERS, RUN_COUNTERS, run_counters
 from db.dead_letters import DeadLetter, delete_dead_letters, purge_dead_letters, record_dead_letters
 from db.engine import transaction
 from db.history import prune_history, rollback_run
 from db.jobs import mark_done, mark_queued, schedule_retries, status_counts
 from db.pins import pin_tags, unpin_tags
+from db.progress import canaries_pending, runs_progress
 from db.results import upsert_results
 from db.runs import create_run
 from producer import importer
@@ -179,6 +181,150 @@ def test_status_counts_stay_exact_through_every_write_path(database_url):
     with transaction(database_url) as conn:
         conn.execute(sa.text("TRUNCATE jobs"))
     assert_counts_exact(database_url)
+
+
+def exact_run_counters(url: str, run_ids: list[int]) -> dict[int, dict[str, int]]:
+    """What run_counters must say, counted the slow way from the rows: repos each run wrote a result for
+    (live, or in history under its id), its live results, its jobs by state."""
+    with transaction(url) as conn:
+        def by_run(sql: str) -> dict[tuple[object, ...], int]:
+            return {tuple(key): int(n) for *key, n in conn.execute(sa.text(sql))}
+        tagged = by_run("SELECT run_id, count(DISTINCT repo_id) FROM (SELECT run_id, repo_id FROM results "
+                        "UNION ALL SELECT run_id, repo_id FROM result_history) AS w GROUP BY run_id")
+        live = by_run("SELECT run_id, count(*) FROM results GROUP BY run_id")
+        states = by_run("SELECT run_id, state, count(*) FROM jobs GROUP BY run_id, state")
+    counted = {run: {"tagged": tagged.get((run,), 0), "results": live.get((run,), 0)} for run in run_ids}
+    for run in run_ids:
+        counted[run] |= {f"jobs:{s}": states.get((run, s), 0) for s in ("queued", "done", "failed", "dead")}
+    return counted
+
+
+def assert_run_counters_exact(url: str, run_ids: list[int]) -> dict[int, dict[str, int]]:
+    with transaction(url) as conn:
+        kept = run_counters(conn, run_ids)
+    assert kept == exact_run_counters(url, run_ids)
+    assert all(set(counters) == set(RUN_COUNTERS) for counters in kept.values())
+    return kept
+
+
+def test_run_counters_stay_exact_through_every_write_path(database_url):
+    """Each step in a transaction of its own, as the workers, rollback and promote write (a run's
+    result counts for it when written now; a restored one keeps its older time)."""
+    add_repos(database_url)
+    first, second = new_run(database_url), new_run(database_url)
+    runs = [first, second]
+    with transaction(database_url) as conn:
+        mark_queued(conn, ids(), run_id=first)
+    assert assert_run_counters_exact(database_url, runs)[first]["jobs:queued"] == N
+    with transaction(database_url) as conn:  # a first tagging, and the job states that follow
+        upsert_results(conn, [row(i, [1], first) for i in ids(200)])
+        mark_done(conn, ids(200), "t1")
+        schedule_retries(conn, [(i, 1, 0.01, "boom") for i in ids(50, start=200)], "t1")
+        record_dead_letters(conn, [DeadLetter(i, "Boom", "boom", 3) for i in ids(20, start=250)], "t1")
+        conn.execute(sa.text("UPDATE jobs SET state = 'dead' WHERE repo_id >= 'r00250' AND repo_id < 'r00270'"))
+    kept = assert_run_counters_exact(database_url, runs)
+    assert (kept[first]["tagged"], kept[first]["jobs:done"], kept[first]["jobs:dead"]) == (200, 200, 20)
+    with transaction(database_url) as conn:  # a re-tag of some by another run, and new ones
+        mark_queued(conn, ids(150, start=100), run_id=second)
+        upsert_results(conn, [row(i, [2], second) for i in ids(150, start=100)])
+        mark_done(conn, ids(150, start=100), "t2")
+    kept = assert_run_counters_exact(database_url, runs)
+    assert (kept[first]["tagged"], kept[first]["results"], kept[second]["tagged"]) == (200, 100, 150)
+    with transaction(database_url) as conn:  # the same batch redelivered: counted once
+        upsert_results(conn, [row(i, [2], second) for i in ids(150, start=100)])
+        mark_done(conn, ids(150, start=100), "t2")
+    assert assert_run_counters_exact(database_url, runs)[second]["tagged"] == 150
+    with transaction(database_url) as conn:  # a pin and an unpin: no run's write
+        pin_tags(conn, "r00120", [5], set_by="ann", note="", taxonomy_version=1)
+        pin_tags(conn, "r00001", [5], set_by="ann", note="", taxonomy_version=1)
+    with transaction(database_url) as conn:
+        unpin_tags(conn, "r00120")
+    assert_run_counters_exact(database_url, runs)
+    with transaction(database_url) as conn:  # restores the first run's versions: nobody tagged anew
+        rollback_run(conn, second)
+    kept = assert_run_counters_exact(database_url, runs)
+    assert (kept[first]["tagged"], kept[first]["results"], kept[second]["tagged"]) == (200, 199, 150)
+    canary = new_run(database_url, "canary")
+    with transaction(database_url) as conn:  # a promote writes live results under the canary's id
+        insert_shadow_queued(conn, canary, ids(40, start=180))
+        write_shadow_results(conn, canary, [row(i, [7], None) | {"state": "done", "error": None}
+                                            for i in ids(40, start=180)])
+    with transaction(database_url) as conn:
+        promote_shadow_results(conn, canary)
+    kept = assert_run_counters_exact(database_url, [*runs, canary])
+    assert kept[canary]["tagged"] == kept[canary]["results"] == 40
+    with transaction(database_url) as conn:  # jobs deleted with their repos; TRUNCATE
+        conn.execute(sa.text("DELETE FROM repos WHERE id >= 'r00290'"))
+    with transaction(database_url) as conn:
+        conn.execute(sa.text("TRUNCATE jobs"))
+    assert_run_counters_exact(database_url, [*runs, canary])
+    assert_counts_exact(database_url)
+
+
+def assert_canary_counters_exact(url: str, run_ids: list[int]) -> dict[int, dict[str, int]]:
+    with transaction(url) as conn:
+        kept = run_counters(conn, run_ids, CANARY_COUNTERS)
+        rows = conn.execute(sa.text("SELECT run_id, state, count(*), count(promoted_at) FROM shadow_results "
+                                    "GROUP BY run_id, state")).all()
+    counted = {run: dict.fromkeys(CANARY_COUNTERS, 0) for run in run_ids}
+    for run, state, n, promoted in rows:
+        if run in counted:
+            counted[run][f"shadow_results:{state}"] += n
+            counted[run]["shadow_results:promoted"] += promoted
+    assert kept == counted
+    return kept
+
+
+def test_canary_counters_stay_exact_through_every_write_path(database_url):
+    add_repos(database_url)
+    canary, other = new_run(database_url, "canary"), new_run(database_url, "canary")
+    with transaction(database_url) as conn:
+        insert_shadow_queued(conn, canary, ids(100))
+        insert_shadow_queued(conn, other, ids(30))
+    assert assert_canary_counters_exact(database_url, [canary, other])[canary]["shadow_results:queued"] == 100
+    with transaction(database_url) as conn:
+        write_shadow_results(conn, canary, [row(i, [7], None) | {"state": "done", "error": None} for i in ids(60)])
+        write_shadow_results(conn, canary, [{"repo_id": i, "state": "failed", "attempts": 1, "error": "boom"}
+                                            for i in ids(20, start=50)])  # 10 already done: untouched
+        write_shadow_results(conn, canary, [{"repo_id": i, "state": "dead", "attempts": 3, "error": "boom"}
+                                            for i in ids(10, start=90)])
+    kept = assert_canary_counters_exact(database_url, [canary, other])
+    assert [kept[canary][f"shadow_results:{s}"] for s in ("queued", "done", "failed", "dead")] == [20, 60, 10, 10]
+    with transaction(database_url) as conn:
+        assert canaries_pending(conn) == {canary: 30, other: 30}
+        (progress,) = runs_progress(conn, [canary])
+        first, last = conn.execute(sa.text("SELECT min(updated_at), max(updated_at) FROM shadow_results "
+                                           "WHERE run_id = :r AND state = 'done'"), {"r": canary}).one()
+    assert (progress.enqueued, progress.tagged, progress.pending, progress.dead) == (100, 60, 30, 10)
+    assert (progress.first_tagged_at, progress.last_tagged_at) == (first, last)
+    with transaction(database_url) as conn:
+        promote_shadow_results(conn, canary)
+    assert assert_canary_counters_exact(database_url, [canary, other])[canary]["shadow_results:promoted"] == 60
+    with transaction(database_url) as conn:
+        assert canaries_pending(conn) == {other: 30}  # promoted: nobody waits for it
+        conn.execute(sa.text("DELETE FROM runs WHERE id = :r"), {"r": other})  # cascades into its sample
+        conn.execute(sa.text("DELETE FROM repos WHERE id >= 'r00095'"))
+    assert_canary_counters_exact(database_url, [canary, other])
+    with transaction(database_url) as conn:
+        conn.execute(sa.text("TRUNCATE shadow_results"))
+    assert_canary_counters_exact(database_url, [canary, other])
+
+
+def test_run_progress_reads_first_and_last_result_of_live_and_replaced(database_url):
+    add_repos(database_url, 10)
+    first, second = new_run(database_url), new_run(database_url)
+    with transaction(database_url) as conn:
+        upsert_results(conn, [row(i, [1], first) for i in ids(10)])
+    with transaction(database_url) as conn:
+        upsert_results(conn, [row(i, [2], second) for i in ids(5)])
+    with transaction(database_url) as conn:
+        spans = conn.execute(sa.text(
+            "SELECT run_id, min(tagged_at), max(tagged_at), count(DISTINCT repo_id) FROM (SELECT run_id, repo_id, "
+            "tagged_at FROM results UNION ALL SELECT run_id, repo_id, tagged_at FROM result_history) AS w "
+            "GROUP BY run_id")).all()
+        progress = runs_progress(conn, [second, first, 999])
+    assert [(p.run_id, p.first_tagged_at, p.last_tagged_at, p.tagged) for p in progress] == sorted(
+        [tuple(span) for span in spans], key=lambda span: span[0] != second)
 
 
 def test_import_reports_duplicates_across_chunks_without_keeping_ids(database_url, tmp_path, monkeypatch):
