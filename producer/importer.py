@@ -198,10 +198,14 @@ def parse_line(raw: bytes, number: int, report: ImportReport, max_bytes: int = D
     bad_utf8 = False
     try:
         # orjson: several times the standard library's pace, and strict (valid UTF-8, no lone surrogate
-        # escapes, no NaN, 64-bit integers): what it refuses goes to the standard parser, whose messages
-        # the report gives and which takes what it tolerates (invalid UTF-8 replaced and warned about).
+        # escapes, no NaN): what it refuses goes to the standard parser, whose messages the report gives
+        # and which takes what it tolerates (invalid UTF-8 replaced and warned about). An integer id past
+        # 64 bits, which orjson reads as a float, is read by the standard parser too: as the integer.
         obj = orjson.loads(raw)
+        strict = not (isinstance(obj, dict) and isinstance(obj.get("id"), float))
     except orjson.JSONDecodeError:
+        strict = False
+    if not strict:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
