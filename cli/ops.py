@@ -117,7 +117,7 @@ def metrics(port: int, address: str) -> None:
     tagger_repos{state}                   repos by job state: queued, done, failed, dead, untracked
     tagger_queue_depth{queue}             batches waiting (tagging queue, maintenance queue)
     tagger_queue_high_water               TAGGER_QUEUE_HIGH_WATER
-    tagger_workers_online                 Celery workers answering a ping
+    tagger_workers_online                 Celery workers answering a ping (asked every 5 s, apart from scrapes)
     tagger_run_enqueued|tagged|pending{run,kind}   the newest runs' progress
     tagger_canary_pending{run}            canaries not finished (neither promoted nor rolled back)
     tagger_database_up, tagger_broker_up
@@ -137,6 +137,7 @@ def metrics(port: int, address: str) -> None:
         threading.Event().wait()
     finally:
         server.shutdown()
+        collector.workers.stop()
 
 
 @click.command()

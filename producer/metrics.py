@@ -2,16 +2,19 @@
 Redis at each scrape, and the workers that answer a ping. What the workers did (counters, histograms)
 each worker serves itself (workers/metrics.py); rates are PromQL's job, not ours.
 
-Every scrape queries afresh: nothing is cached, nothing drifts, and the exporter keeps no state, so any
-number of them may run.
+Every scrape queries PostgreSQL and Redis afresh: nothing drifts, and any number of exporters may run. The
+one exception is the workers' ping (WorkerWatch): a broadcast ping waits its whole timeout, so it is asked
+in a thread of its own and a scrape reads its last answer.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import structlog
+from celery import Celery
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,6 +29,38 @@ from workers.contract import create_app, maintenance_queue, queue_depth
 log = structlog.get_logger("tagger.metrics")
 
 RUNS_SHOWN = 5  # the newest runs get progress gauges (the dashboard's "runs" panel)
+WATCH_INTERVAL_S = 5.0  # between two pings of the workers: the answer a scrape reads is at most this + 1 s old
+
+
+class WorkerWatch:
+    """The workers of a queue answering a ping, asked every ``interval_s`` in a daemon thread. A broadcast
+    ping cannot know how many answers to expect, so it always waits its whole timeout (PING_TIMEOUT_S): in
+    the scrape, it was most of the scrape's time. The first read waits for the first answer."""
+
+    def __init__(self, app: Celery, queue: str, interval_s: float = WATCH_INTERVAL_S) -> None:
+        self.app, self.queue, self.interval_s = app, queue, interval_s
+        self._answered: list[str] = []
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def online(self) -> list[str]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+                self._thread.start()
+        self._first.wait()
+        return self._answered
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._answered = ping_workers(self.app, self.queue)  # never raises: none answer on an outage
+            self._first.set()
+            self._stop.wait(self.interval_s)
 
 
 def _with_value(gauge: GaugeMetricFamily, value: float) -> GaugeMetricFamily:
@@ -37,6 +72,7 @@ class PipelineCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
+        self.workers = WorkerWatch(self.app, settings.queue)
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         """The exporter's /healthz: PostgreSQL and Redis answer now (workers are the metrics' business)."""
@@ -98,7 +134,7 @@ class PipelineCollector(Collector):
         yield depth
         yield GaugeMetricFamily("tagger_queue_high_water", "Batches above which producers pause "
                                 "(TAGGER_QUEUE_HIGH_WATER).", value=settings.queue_high_water)
-        workers = GaugeMetricFamily("tagger_workers_online", f"Workers of the tagging queue answering within "
-                                    f"{PING_TIMEOUT_S:g} s.")
-        workers.add_metric([], len(ping_workers(self.app, settings.queue)))
+        workers = GaugeMetricFamily("tagger_workers_online", f"Workers of the tagging queue answering a ping within "
+                                    f"{PING_TIMEOUT_S:g} s (asked every {WATCH_INTERVAL_S:g} s).")
+        workers.add_metric([], len(self.workers.online()))
         yield workers
