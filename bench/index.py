@@ -5,9 +5,10 @@ The index is bulk-loaded (bench/bulk.py): N repos, each tagged by an old run and
 run (one version in history each), jobs done, one in a thousand dead-lettered, and a canary with its
 10 % sample's shadow results done. Then, in order: `tagger --help`, status, a metrics scrape, runs,
 review, export (and --with-scores), one repo's history, enqueue --stale with nothing stale and with 1 %
-stale, sweep, a canary draw, diff and promote of the loaded canary, export --changed-since (when the CLI
-has it), rollback of the live run (the whole index), history pruning (when the CLI has it), and an import
-of a JSON Lines file of realistic READMEs.
+stale, sweep, a canary draw, diff, export --changed-since after 1 % of the results changed, promote of the
+loaded canary and export --changed-since after it (10 % changed; when the CLI has the option), rollback
+of the live run (the whole index), history pruning (when the CLI has it), and an import of a JSON Lines
+file of realistic READMEs.
 """
 
 from __future__ import annotations
@@ -126,6 +127,14 @@ def make_stale(url: str, every: int) -> int:
             {"every": every}).rowcount)
 
 
+def make_changed(url: str, every: int) -> int:
+    """One result in ``every`` changed now, as a re-tag changes it (its changed_at); how many."""
+    with transaction(url) as conn:
+        return int(conn.execute(sa.text(
+            "UPDATE results SET changed_at = now() WHERE abs(hashtext(repo_id)) % :every = 1"),
+            {"every": every}).rowcount)
+
+
 def database_mib(url: str) -> float:
     with transaction(url) as conn:
         return float(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one()) / 2**20
@@ -137,6 +146,12 @@ class IndexRun:
     database_mib: float
     timings: dict[str, Timed | None]  # None: the command does not exist (yet)
     figures: dict[str, float]
+
+
+def _since(moment: float) -> str:
+    """`--changed-since`'s argument for what changes after ``moment`` (a second earlier: the option's
+    precision; the rows changed in that second are few and included)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment - 1))
 
 
 def load(settings: Settings, repos: int) -> LoadedIndex:
@@ -181,13 +196,18 @@ def run(settings: Settings, repos: int, tmp: Path, say: Callable[[str], None],
     timed("sweep", "sweep", "--older-than", "0")
     timed("canary --sample", "canary", "--sample", str(min(10_000, max(1, repos // 10))), "--seed", "1")
     timed("diff", "diff", str(index.canary_run))
-    changed_since = time.time()
+    incremental = cli_has(settings, tmp, ["export"], "--changed-since")
+    if incremental:
+        since = _since(time.time())
+        figures["changed_1pct_repos"] = make_changed(url, 100)
+        timed("export --changed-since (1 % changed)", "export", "--changed-since", since,
+              "--out", str(tmp / "changed.jsonl"))
+    since = _since(time.time())
     timed("promote", "promote", str(index.canary_run))
-    if cli_has(settings, tmp, ["export"], "--changed-since"):
-        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(changed_since - 1))
+    if incremental:
         timed("export --changed-since", "export", "--changed-since", since, "--out", str(tmp / "changed.jsonl"))
     else:
-        timings["export --changed-since"] = None
+        timings["export --changed-since"] = timings["export --changed-since (1 % changed)"] = None
     timed("rollback RUN (whole index)", "rollback", str(index.live_run))
     if cli_has(settings, tmp, ["history", "prune"], "--keep"):
         timed("history prune --keep 1", "history", "prune", "--keep", "1")
