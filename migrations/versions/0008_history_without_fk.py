@@ -2,7 +2,7 @@
 history instead), and its replaced_by_run index only over versions a run replaced
 
 Revision ID: 0008_history_without_fk
-Revises: 0006_row_counts
+Revises: 0007_run_counts
 Create Date: 2026-12-07 05:00:00.000000
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0008_history_without_fk"
-# To go after 0007_run_progress once that is in: this revision only touches result_history and repos.
-down_revision = "0006_row_counts"
+down_revision = "0007_run_counts"
 branch_labels = None
 depends_on = None
 
