@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from db.engine import bulk_write_settings
 from db.models import MANUAL, RESULT_FIELDS, RESULT_NAMES, VERSION_NAMES, ResultField, repos, results, shadow_results
 from db.results import field_arrays, unnest_rows
 from db.runs import mark_run_promoted
@@ -89,33 +90,42 @@ _VERSION_COLUMNS = ", ".join(VERSION_NAMES)
 # The write step's own conditions (db.results): never over tags pinned by hand, nor over a result
 # computed from a newer README; a repo the canary already wrote (run_id = :run) is not written twice.
 _REPLACEABLE = "r.backend <> 'manual' AND r.readme_version <= s.readme_version AND r.run_id IS DISTINCT FROM :run"
+# A first tagging (no live result): in a statement of its own, before the replacing one, so that a
+# result a live worker inserts meanwhile (the insert's conflict) is found and replaced by the next
+# statement's snapshot. The anti-join spares the rows with a live result a speculative insert each.
 _PROMOTE_NEW = sa.text(f"""
     INSERT INTO results (repo_id, {", ".join(RESULT_NAMES)}, run_id, tagged_at, changed_at)
     SELECT s.repo_id, {_SHADOW_FIELDS}, :run, now(), now() FROM shadow_results s
-    WHERE {_PROMOTABLE} ORDER BY s.repo_id
+    WHERE {_PROMOTABLE} AND NOT EXISTS (SELECT 1 FROM results r WHERE r.repo_id = s.repo_id)
+    ORDER BY s.repo_id
     ON CONFLICT (repo_id) DO NOTHING
 """)
-_LOCK_REPLACED = sa.text(f"""
-    SELECT count(*) FROM (
-        SELECT 1 FROM results r JOIN shadow_results s ON s.repo_id = r.repo_id
-        WHERE {_PROMOTABLE} AND r.run_id IS DISTINCT FROM :run ORDER BY r.repo_id FOR UPDATE OF r
-    ) AS locked
-""")
-_ARCHIVE_REPLACED = sa.text(f"""
-    INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
-    SELECT {", ".join(f"r.{name}" for name in VERSION_NAMES)}, :run, 'run'
-    FROM results r JOIN shadow_results s ON s.repo_id = r.repo_id
-    WHERE {_PROMOTABLE} AND {_REPLACEABLE} ORDER BY r.repo_id
-""")
-_REPLACE = sa.text(f"""
-    UPDATE results r SET {", ".join(f"{name} = s.{name}" for name in RESULT_NAMES)},
-        run_id = :run, tagged_at = now(), changed_at = now()
-    FROM shadow_results s
-    WHERE s.repo_id = r.repo_id AND {_PROMOTABLE} AND {_REPLACEABLE}
-""")
-_MARK_PROMOTED = sa.text(f"""
-    UPDATE shadow_results s SET promoted_at = now() FROM results r
-    WHERE r.repo_id = s.repo_id AND r.run_id = :run AND {_PROMOTABLE}
+# The replacements, one statement: the live results to replace, locked in id order (as a worker's batch
+# locks: no deadlock) with the shadow result beside each; their versions archived; the shadow results
+# written over them; and the repos whose live result is now the canary's marked promoted. Each row is
+# locked before it is written (the writes read the locked rows), and the archive reads the locked
+# versions: what the four statements before did with the run's rows read four times.
+_PROMOTE_REPLACE = sa.text(f"""
+    WITH locked AS (
+        SELECT {", ".join(f"r.{name}" for name in VERSION_NAMES)},
+               {", ".join(f"s.{name} AS new_{name}" for name in RESULT_NAMES)}
+        FROM results r JOIN shadow_results s ON s.repo_id = r.repo_id
+        WHERE {_PROMOTABLE} AND {_REPLACEABLE} ORDER BY r.repo_id FOR UPDATE OF r
+    ), replaced AS (
+        UPDATE results r SET {", ".join(f"{name} = l.new_{name}" for name in RESULT_NAMES)},
+            run_id = :run, tagged_at = now(), changed_at = now()
+        FROM locked l WHERE r.repo_id = l.repo_id
+        RETURNING r.repo_id
+    ), archived AS (
+        INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
+        SELECT {_VERSION_COLUMNS}, :run, 'run' FROM locked
+    ), marked AS (
+        UPDATE shadow_results s SET promoted_at = now()
+        FROM (SELECT repo_id FROM replaced UNION ALL SELECT repo_id FROM results WHERE run_id = :run) AS live
+        WHERE s.repo_id = live.repo_id AND {_PROMOTABLE}
+        RETURNING 1
+    )
+    SELECT count(*) FROM marked
 """)
 _NOT_PROMOTED = sa.text(f"""
     SELECT count(*), (array_agg(s.repo_id ORDER BY s.repo_id))[1:CAST(:sample AS int)]
@@ -131,15 +141,13 @@ class Promotion:
 
 
 def promote_shadow_results(conn: Connection, run_id: int, sample: int = 20) -> Promotion:
-    """Write a canary's results not promoted yet to live, set-based (a handful of statements whatever
-    the sample's size), with the write step's conditions; the replaced versions go to history. In the
+    """Write a canary's results not promoted yet to live, set-based (three statements whatever the
+    sample's size), with the write step's conditions; the replaced versions go to history. In the
     caller's transaction: all or nothing."""
     params = {"run": run_id, "sample": sample}
-    conn.execute(_PROMOTE_NEW, params)  # repos without a result: a first tagging
-    conn.execute(_LOCK_REPLACED, params)
-    conn.execute(_ARCHIVE_REPLACED, params)
-    conn.execute(_REPLACE, params)
-    promoted = conn.execute(_MARK_PROMOTED, params).rowcount
+    bulk_write_settings(conn)
+    conn.execute(_PROMOTE_NEW, params)
+    promoted = int(conn.execute(_PROMOTE_REPLACE, params).scalar_one())
     skipped, skipped_sample = conn.execute(_NOT_PROMOTED, params).one()
     if promoted:
         mark_run_promoted(conn, run_id)

@@ -35,6 +35,18 @@ def get_engine(url: str) -> Engine:
     )
 
 
+# A statement over a whole run's rows (rollback, promote): the sorts, hashes and CTEs of a million rows
+# kept in memory rather than spilled in many batches (still bounded, per node), and no JIT: compiling the
+# wide UPDATEs and INSERTs took longer than it saved on rows that are mostly index and WAL work.
+BULK_WORK_MEM = "64MB"
+
+
+def bulk_write_settings(conn: Connection) -> None:
+    """For the rest of the caller's transaction: the settings of a statement over a whole run's rows."""
+    conn.execute(sa.text("SELECT set_config('work_mem', :mem, true), set_config('jit', 'off', true)"),
+                 {"mem": BULK_WORK_MEM})
+
+
 def _first_line(error: BaseException | None) -> str:
     """The driver's message without its SQL, parameters and hints: one line for a user."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

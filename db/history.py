@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from db.configuration import Configuration
+from db.engine import bulk_write_settings
 from db.models import MANUAL, RESULT_NAMES, VERSION_NAMES, pruned_runs, result_history, results
 from db.runs import mark_run_rolled_back
 from tagger.errors import InputError
@@ -98,24 +99,33 @@ _LEFT_ALONE = sa.text("""
     SELECT pinned, count(*), (array_agg(repo_id ORDER BY repo_id))[1:CAST(:sample AS int)]
     FROM gone GROUP BY pinned
 """)
-# The run's live results, locked in id order and archived, in one pass.
-_ARCHIVE_RUN_RESULTS = sa.text(f"""
-    INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
-    SELECT {_VERSION_COLUMNS}, NULL, 'rollback'
-    FROM (SELECT * FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE) AS locked
-""")
-# The run tagged them first (it replaced no version of theirs): untagged again.
-_DELETE_FIRST_TAGGED = sa.text("""
-    DELETE FROM results r WHERE r.run_id = :run
-      AND NOT EXISTS (SELECT 1 FROM result_history h WHERE h.replaced_by_run = :run AND h.repo_id = r.repo_id)
-""")
-# Per repo, the first version the run replaced: what was live before it.
-_RESTORE_BEFORE = sa.text(f"""
-    UPDATE results SET {_RESTORED_COLUMNS}, changed_at = now()
-    FROM result_history h
-    JOIN (SELECT min(id) AS id FROM result_history WHERE replaced_by_run = :run GROUP BY repo_id) AS first
-      ON first.id = h.id
-    WHERE results.repo_id = h.repo_id AND results.run_id = :run
+# One statement for the writes: the run's live results, locked in id order (a worker's batch locks in
+# id order too: no deadlock), are archived, and each is either restored to the first version the run
+# replaced or (none: the run tagged it first) deleted. One snapshot and one pass over the run's rows,
+# where three statements each found them again (the delete by an anti-join over history: here, the rows
+# locked and not restored). The versions before are read off history's (repo_id, id) index in order:
+# the first one per repo needs no aggregate and no second lookup by id. Each row is locked before it is
+# written (the writes read the locked rows), and the archive reads the locked versions.
+_ROLLBACK_WRITES = sa.text(f"""
+    WITH locked AS (
+        SELECT {_VERSION_COLUMNS} FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE
+    ), restored AS (
+        UPDATE results SET {_RESTORED_COLUMNS}, changed_at = now()
+        FROM locked l JOIN (
+            SELECT DISTINCT ON (repo_id) {_VERSION_COLUMNS} FROM result_history WHERE replaced_by_run = :run
+            ORDER BY repo_id, id
+        ) AS h ON h.repo_id = l.repo_id
+        WHERE results.repo_id = l.repo_id
+        RETURNING results.repo_id
+    ), removed AS (
+        DELETE FROM results USING locked l WHERE results.repo_id = l.repo_id
+          AND NOT EXISTS (SELECT 1 FROM restored r WHERE r.repo_id = l.repo_id)
+        RETURNING 1
+    ), archived AS (
+        INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
+        SELECT {_VERSION_COLUMNS}, NULL, 'rollback' FROM locked
+    )
+    SELECT (SELECT count(*) FROM restored), (SELECT count(*) FROM removed)
 """)
 
 
@@ -124,23 +134,23 @@ def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
     pinned. Marks the run rolled back first (with the run row locked: the run's writes in flight are in,
     and its later writes are dropped by the workers). In the caller's transaction: all or nothing.
 
-    Set-based: a handful of statements whatever the run's size (archive, delete, restore, each one
-    INSERT/DELETE/UPDATE over the run's rows), and the client holds only counts and a bounded sample."""
+    Set-based: two statements whatever the run's size (what is left alone, then the writes), and the
+    client holds only counts and a bounded sample."""
     pruned = conn.execute(sa.select(pruned_runs.c.versions).where(pruned_runs.c.run_id == run_id)).scalar()
     if pruned is not None:
         raise InputError(f"run {run_id} can no longer be rolled back: `tagger history prune` deleted {pruned} "
                          "of the versions it replaced")
     mark_run_rolled_back(conn, run_id)
     params = {"run": run_id, "sample": SAMPLE}
+    bulk_write_settings(conn)
     report = RollbackReport()
     for pinned, n, sample in conn.execute(_LEFT_ALONE, params):
         if pinned:
             report.pinned, report.pinned_sample = int(n), list(sample)
         else:
             report.changed_since, report.changed_since_sample = int(n), list(sample)
-    conn.execute(_ARCHIVE_RUN_RESULTS, params)
-    report.removed = conn.execute(_DELETE_FIRST_TAGGED, params).rowcount
-    report.restored = conn.execute(_RESTORE_BEFORE, params).rowcount
+    restored, removed = conn.execute(_ROLLBACK_WRITES, params).one()
+    report.restored, report.removed = int(restored), int(removed)
     return report
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -96,7 +97,9 @@ def result_columns(*, optional: bool = False) -> list[Column[Any]]:
     return [Column(f.name, f.type, nullable=optional or f.nullable) for f in RESULT_FIELDS]
 
 
-def _repo_key(*, primary_key: bool = True) -> Column[str]:
+def _repo_key(*, primary_key: bool = True, foreign_key: bool = True) -> Column[str]:
+    if not foreign_key:
+        return Column("repo_id", Text, primary_key=primary_key, nullable=False)
     return Column("repo_id", Text, ForeignKey("repos.id", ondelete="CASCADE"), primary_key=primary_key,
                   nullable=False)
 
@@ -155,15 +158,19 @@ VERSION_NAMES = ("repo_id", *RESULT_NAMES, "tagged_at", "run_id")
 result_history = Table(
     "result_history", metadata,  # a result as it was before a run, a pin, an unpin or a rollback replaced it
     Column("id", Integer, primary_key=True, autoincrement=True),
-    _repo_key(primary_key=False),
+    # No foreign key: its check was a query per archived version, most of a whole-index rollback's
+    # archive. Every version is copied from a live result (whose own key holds the repo) in the same
+    # transaction; a deleted repo's history goes with it by a statement-level trigger (migration 0008).
+    _repo_key(primary_key=False, foreign_key=False),
     *result_columns(),
     Column("tagged_at", Timestamp, nullable=False),
     Column("run_id", Integer, nullable=True),
     Column("replaced_at", Timestamp, server_default=func.now(), nullable=False),
-    # What replaced it: run N's write, or "manual", "unpin", "rollback".
-    Column("replaced_by_run", Integer, nullable=True, index=True),
+    # What replaced it: run N's write, or "manual", "unpin", "rollback" (no run: not in the index).
+    Column("replaced_by_run", Integer, nullable=True),
     Column("replaced_reason", Text, nullable=False),
     Index("ix_result_history_repo_id_id", "repo_id", "id"),
+    Index("ix_result_history_replaced_by_run", "replaced_by_run", postgresql_where=text("replaced_by_run IS NOT NULL")),
     # A result removed (unpinned to nothing, rolled back to untagged) is archived then deleted: its
     # archive's time is the removal's, which `tagger export --changed-since` reads through this index.
     Index("ix_result_history_replaced_at", "replaced_at"),

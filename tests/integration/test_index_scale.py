@@ -373,6 +373,18 @@ def test_export_changed_since_covers_every_kind_of_change(database_url, env, tmp
     assert run_cli(env, "export", "--since-run", str(second)).stdout.count("\n") >= len(got)
 
 
+def test_deleting_repos_deletes_their_history(database_url):
+    """History has no foreign key to repos (migration 0008): its trigger does what the cascade did."""
+    add_repos(database_url, 4)
+    first, second = new_run(database_url), new_run(database_url)
+    with transaction(database_url) as conn:
+        upsert_results(conn, [row(i, [1], first) for i in ids(4)])
+        upsert_results(conn, [row(i, [2], second) for i in ids(4)])
+        conn.execute(sa.text("DELETE FROM repos WHERE id IN ('r00001', 'r00002')"))
+        left = conn.execute(sa.text("SELECT repo_id FROM result_history ORDER BY repo_id")).scalars().all()
+    assert left == ["r00000", "r00003"]
+
+
 def test_history_prune_keeps_n_versions_and_reports_impossible_rollbacks(database_url, env):
     add_repos(database_url, 20)
     runs = [new_run(database_url) for _ in range(4)]
