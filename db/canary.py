@@ -3,7 +3,7 @@ their diff against live, and their promotion."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +70,9 @@ class ShadowVsLive:
                    None if row["live"] is None else list(row["live"]), bool(row["pinned"]))
 
 
-def shadow_against_live(conn: Connection, run_id: int) -> list[ShadowVsLive]:
-    """Each repo of a canary's sample, in id order."""
+def iter_shadow_against_live(conn: Connection, run_id: int, rows_at_once: int = 5000) -> Iterator[ShadowVsLive]:
+    """Each repo of a canary's sample, in id order, from a server-side cursor in the caller's transaction:
+    ``rows_at_once`` in memory at a time, whatever the sample's size."""
     query = (
         sa.select(shadow_results.c.repo_id, repos.c.name, shadow_results.c.state,
                   shadow_results.c.tag_ids.label("shadow"), results.c.tag_ids.label("live"),
@@ -81,7 +82,8 @@ def shadow_against_live(conn: Connection, run_id: int) -> list[ShadowVsLive]:
         .where(shadow_results.c.run_id == run_id)
         .order_by(shadow_results.c.repo_id)
     )
-    return [ShadowVsLive.from_row(row) for row in conn.execute(query).mappings()]
+    for row in conn.execute(query.execution_options(yield_per=rows_at_once)).mappings():
+        yield ShadowVsLive.from_row(row)
 
 
 _PROMOTABLE = "s.run_id = :run AND s.state = 'done' AND s.promoted_at IS NULL"

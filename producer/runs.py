@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from db.canary import ShadowVsLive, insert_shadow_queued, promote_shadow_results, shadow_against_live
+from db.canary import ShadowVsLive, insert_shadow_queued, iter_shadow_against_live, promote_shadow_results
 from db.configuration import Configuration
 from db.engine import transaction
 from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
@@ -149,27 +149,40 @@ class Diff:
                 "changed_most": self.changed_most, "gold": self.gold}
 
 
-def compare(run_id: int, rows: Sequence[ShadowVsLive], names: Mapping[int, str], top: int) -> Diff:
-    """Shadow against live over a canary's sample (rows of db.canary.shadow_against_live). Pure.
+def compare(run_id: int, rows: Iterable[ShadowVsLive], names: Mapping[int, str], top: int) -> Diff:
+    """Shadow against live over a canary's sample (rows of db.canary.iter_shadow_against_live). Pure, and
+    one pass holding counts and the ``top`` biggest changes only: memory flat in the sample's size.
 
     Only repos the canary has tagged are compared; an untagged live repo counts as having no tags."""
-    done = [r for r in rows if r.state == "done"]
-    diff = Diff(run_id, len(rows), len(done), sum(r.state in ("queued", "failed") for r in rows),
-                sum(r.state == "dead" for r in rows), 0, sum(r.pinned for r in done))
+    diff = Diff(run_id, 0, 0, 0, 0, 0, 0)
     added: Counter[str] = Counter()
     removed: Counter[str] = Counter()
-    changes: list[tuple[int, str, list[int], list[int]]] = []
-    for row in done:
+    # The ``top`` biggest changes so far, the smallest first: (changes, the repo id's inverse order, ...).
+    kept: list[tuple[int, _Descending, str, list[int], list[int]]] = []
+    for row in rows:
+        diff.sample += 1
+        if row.state in ("queued", "failed"):
+            diff.pending += 1
+        elif row.state == "dead":
+            diff.dead += 1
+        if row.state != "done":
+            continue
+        diff.done += 1
+        diff.pinned += row.pinned
         old, new = list(row.live or []), list(row.shadow or [])
         if set(old) == set(new):
             diff.unchanged += 1
             continue
         added.update(names.get(i, str(i)) for i in set(new) - set(old))
         removed.update(names.get(i, str(i)) for i in set(old) - set(new))
-        changes.append((len(set(old) ^ set(new)), row.repo_id, old, new))
+        change = (len(set(old) ^ set(new)), _Descending(row.repo_id), row.repo_id, old, new)
+        if len(kept) < top:
+            heapq.heappush(kept, change)
+        elif top and change[:2] > kept[0][:2]:
+            heapq.heapreplace(kept, change)
     diff.added = dict(sorted(added.items(), key=lambda kv: (-kv[1], kv[0])))
     diff.removed = dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0])))
-    changes.sort(key=lambda c: (-c[0], c[1]))
+    changes = [(n, repo_id, old, new) for n, _, repo_id, old, new in sorted(kept, key=lambda c: c[:2], reverse=True)]
     diff.changed_most = [
         {"id": repo_id, "old": [names.get(i, str(i)) for i in old], "new": [names.get(i, str(i)) for i in new],
          "changed": n}
@@ -178,9 +191,19 @@ def compare(run_id: int, rows: Sequence[ShadowVsLive], names: Mapping[int, str],
     return diff
 
 
-def score_on_gold(rows: Sequence[ShadowVsLive], gold_file: Path, taxonomy: Taxonomy) -> dict[str, Any]:
-    """Quality of live and shadow tags on the sample's labelled repos (matched by repo id or name)."""
-    gold = {g.repo: g for g in load_gold(gold_file, taxonomy)}
+@dataclass(frozen=True, slots=True)
+class _Descending:
+    """A repo id that sorts backwards: among changes of one size, the heap keeps the smallest ids."""
+
+    repo_id: str
+
+    def __lt__(self, other: _Descending) -> bool:
+        return self.repo_id > other.repo_id
+
+
+def score_on_gold(rows: Iterable[ShadowVsLive], gold: Mapping[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
+    """Quality of live and shadow tags on the sample's labelled repos (matched by repo id or name in
+    ``gold``, tagger.evaluation's labelled repos by repo)."""
     names = {t.id: t.name for t in taxonomy.tags}
     labelled = [(gold.get(r.repo_id) or gold.get(r.name or ""), r) for r in rows if r.state == "done"]
     matched = [(g, r) for g, r in labelled if g is not None]
@@ -201,10 +224,18 @@ def diff_run(settings: Settings, run_id: int, *, top: int = 10, gold_file: Path 
     find_run(settings, run_id, kind="canary")
     with transaction(settings.database_url) as conn:
         taxonomy = load_taxonomy(conn)
-        rows = shadow_against_live(conn, run_id)
-    diff = compare(run_id, rows, {t.id: t.name for t in taxonomy.tags}, top)
+        gold = {g.repo: g for g in load_gold(gold_file, taxonomy)} if gold_file is not None else {}
+        labelled: list[ShadowVsLive] = []  # the sample's repos the gold file labels: as many as it has
+
+        def rows() -> Iterator[ShadowVsLive]:
+            for row in iter_shadow_against_live(conn, run_id):
+                if row.repo_id in gold or (row.name and row.name in gold):
+                    labelled.append(row)
+                yield row
+
+        diff = compare(run_id, rows(), {t.id: t.name for t in taxonomy.tags}, top)
     if gold_file is not None:
-        diff.gold = score_on_gold(rows, gold_file, taxonomy)
+        diff.gold = score_on_gold(labelled, gold, taxonomy)
     return diff
 
 

@@ -90,3 +90,21 @@ def test_tag_names_are_resolved_as_the_taxonomy_matches_them():
                          ("ai,cli,game,3d", "at most 3 tags")]:
         with pytest.raises(InputError, match=message):
             resolve_tags(taxonomy, raw)
+
+
+def test_diff_takes_the_sample_in_one_pass_and_keeps_the_biggest_changes_in_order():
+    rng = random.Random(3)
+    names = {i: f"t{i}" for i in range(1, 9)}
+    rows = [row(f"r{i:05d}", rng.sample(range(1, 9), rng.randint(0, 3)), rng.sample(range(1, 9), rng.randint(1, 3)))
+            for i in range(3000)]
+    consumed = []
+    diff = compare(4, (consumed.append(r) or r for r in rows), names, top=25)  # a generator: read once
+    assert len(consumed) == 3000 and diff.sample == diff.done == 3000
+
+    def changes(r):
+        return len(set(r.live) ^ set(r.shadow))
+
+    expected = sorted((r for r in rows if changes(r)), key=lambda r: (-changes(r), r.repo_id))[:25]
+    assert [c["id"] for c in diff.changed_most] == [r.repo_id for r in expected]
+    assert diff.unchanged == sum(not changes(r) for r in rows)
+    assert compare(4, iter(rows), names, top=0).changed_most == []
