@@ -52,15 +52,16 @@ def engine_pids(log: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.timeout(1800)  # two engine starts and ~12 batches of vLLM on 2 cores, one at a time
 def test_killed_worker_leaves_no_engine_and_the_next_tags_its_repos(env, settings, tmp_path):
     n = 40
     import_repos(settings.database_url, n)
     with private_redis() as broker:
-        # The killed worker's unacknowledged batches come back once this timeout has passed. Not much
-        # shorter: Redis restores any message older than it, the live worker's own batches included, and
-        # a batch of vLLM on 2 busy cores can take tens of seconds (a storm of copies would keep the
-        # second worker busy past its warm shutdown).
-        env = {**env, "TAGGER_BACKEND": "vllm", "TAGGER_BROKER_URL": broker, "TAGGER_VISIBILITY_TIMEOUT_S": "45"}
+        # The killed worker's unacknowledged batches come back once this timeout has passed. Not shorter:
+        # Redis restores any message older than it, the live worker's own prefetched batches included,
+        # and a batch of vLLM on 2 cores takes 20-45 s, the first one on a new engine over 2 minutes
+        # (measured), and a worker prefetches: every copy is another batch for the second worker to tag.
+        env = {**env, "TAGGER_BACKEND": "vllm", "TAGGER_BROKER_URL": broker, "TAGGER_VISIBILITY_TIMEOUT_S": "240"}
         log1, log2 = tmp_path / "worker1.log", tmp_path / "worker2.log"
         with worker_process(env, "--hostname", "w1@%h", log=log1) as first:
             first_engine = engine_pids(log1)
@@ -81,14 +82,15 @@ def test_killed_worker_leaves_no_engine_and_the_next_tags_its_repos(env, setting
             if counts(settings.database_url)["tagged"] == n:
                 return True
             # What beat's sweeper does for a message lost between BRPOP and kombu's unacked record. The
-            # bound stays above the time a batch legitimately waits behind vLLM batches on 2 busy cores,
-            # so repos are not sent twice while they only wait.
-            run_cli(env, "sweep", "--older-than", "120")
+            # bound stays above the time a batch legitimately waits behind the others: ten batches of
+            # vLLM on 2 cores, one at a time, are 200-450 s (at 120 s, the sweep re-sent 36 repos in one
+            # batch that kept the worker busy past the wait below).
+            run_cli(env, "sweep", "--older-than", "600")
             return False
 
         with worker_process(env, "--hostname", "w2@%h", log=log2) as second:
             second_engine = engine_pids(log2)
-            wait_until(swept_and_all_tagged, timeout=600, interval=2, what="all repos tagged by the next worker")
+            wait_until(swept_and_all_tagged, timeout=1200, interval=2, what="all repos tagged by the next worker")
             os.kill(second.pid, signal.SIGTERM)  # warm shutdown: the engine stops before the worker exits
             # Warm: the batches it is tagging finish first (on 2 loaded cores, a minute or more).
             try:
