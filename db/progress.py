@@ -19,7 +19,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from db.counts import CANARY_COUNTERS, run_counters
+from db.counts import CANARY_COUNTERS, RUN_COUNTERS, run_counters
 from db.models import JOB_STATES, runs
 
 
@@ -51,8 +51,8 @@ def runs_progress(conn: Connection, run_ids: Sequence[int]) -> list[RunProgress]
     found = {r["id"]: r for r in conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids)))).mappings()}
     live = [i for i in run_ids if i in found and found[i]["kind"] == "live"]
     canaries = [i for i in run_ids if i in found and found[i]["kind"] == "canary"]
-    counters = (run_counters(conn, live) if live else {}) | (
-        run_counters(conn, canaries, CANARY_COUNTERS) if canaries else {})
+    # One read (and one fold of the deltas) for both kinds: each run gets both sets of names.
+    counters = run_counters(conn, live + canaries, (*RUN_COUNTERS, *CANARY_COUNTERS)) if live or canaries else {}
     spans = {run_id: (first, last) for run_id, first, last in conn.execute(_SPANS, {"ids": live})} if live else {}
     if canaries:
         spans |= {run_id: (first, last) for run_id, first, last in conn.execute(_CANARY_SPANS, {"ids": canaries})}
