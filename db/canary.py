@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from db.engine import bulk_write_settings
 from db.models import MANUAL, RESULT_FIELDS, RESULT_NAMES, VERSION_NAMES, ResultField, repos, results, shadow_results
-from db.results import field_arrays, unnest_rows
+from db.results import any_of, field_arrays, unnest_rows
 from db.runs import mark_run_promoted
 
 
@@ -70,9 +70,11 @@ class ShadowVsLive:
                    None if row["live"] is None else list(row["live"]), bool(row["pinned"]))
 
 
-def iter_shadow_against_live(conn: Connection, run_id: int, rows_at_once: int = 5000) -> Iterator[ShadowVsLive]:
-    """Each repo of a canary's sample, in id order, from a server-side cursor in the caller's transaction:
-    ``rows_at_once`` in memory at a time, whatever the sample's size."""
+def iter_shadow_against_live(conn: Connection, run_id: int, *, only: Sequence[str] | None = None,
+                             rows_at_once: int = 5000) -> Iterator[ShadowVsLive]:
+    """Each repo of a canary's sample (``only``: those whose id or name is one of these), in id order, from
+    a server-side cursor in the caller's transaction: ``rows_at_once`` in memory at a time, whatever the
+    sample's size."""
     query = (
         sa.select(shadow_results.c.repo_id, repos.c.name, shadow_results.c.state,
                   shadow_results.c.tag_ids.label("shadow"), results.c.tag_ids.label("live"),
@@ -82,8 +84,74 @@ def iter_shadow_against_live(conn: Connection, run_id: int, rows_at_once: int = 
         .where(shadow_results.c.run_id == run_id)
         .order_by(shadow_results.c.repo_id)
     )
+    if only is not None:
+        keys = sorted(set(only))
+        query = query.where(sa.or_(shadow_results.c.repo_id == any_of(keys), repos.c.name == any_of(keys)))
     for row in conn.execute(query.execution_options(yield_per=rows_at_once)).mappings():
         yield ShadowVsLive.from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowDiff:
+    """A canary's sample against live, counted by the server. Only repos the canary has tagged are
+    compared (tags as sets); an untagged live repo counts as having no tags."""
+
+    sample: int
+    done: int
+    pending: int  # queued, or failed and waiting for a retry
+    dead: int
+    changed: int  # done, with other tags than live
+    pinned: int  # done, and live tags pinned by hand (which a promote leaves alone)
+    added: dict[int, int]  # tag id -> changed repos that gain it
+    removed: dict[int, int]  # tag id -> changed repos that lose it
+    changed_most: list[tuple[str, list[int], list[int], int]]  # (repo id, live, shadow, tags gained + lost)
+
+    @property
+    def unchanged(self) -> int:
+        return self.done - self.changed
+
+
+# One statement, one pass over the sample (through the run's shadow rows and the live results' primary
+# key): the counts, each tag's gains and losses, and the biggest changes (ties in id order, by code point
+# as the ids are compared everywhere else), in the server's memory, whatever the sample's size.
+_DIFF = sa.text("""
+    WITH sample AS MATERIALIZED (
+        SELECT s.repo_id, s.state, coalesce(r.backend = 'manual', false) AS pinned,
+               coalesce(r.tag_ids, '{}') AS live, coalesce(s.tag_ids, '{}') AS shadow
+        FROM shadow_results s LEFT JOIN results r ON r.repo_id = s.repo_id
+        WHERE s.run_id = :run
+    ), changed AS MATERIALIZED (
+        SELECT repo_id, live, shadow,
+               ARRAY(SELECT unnest(shadow) EXCEPT SELECT unnest(live)) AS gained,
+               ARRAY(SELECT unnest(live) EXCEPT SELECT unnest(shadow)) AS lost
+        FROM sample WHERE state = 'done' AND NOT (live @> shadow AND shadow @> live)
+    )
+    SELECT count(*) AS sample,
+        count(*) FILTER (WHERE state = 'done') AS done,
+        count(*) FILTER (WHERE state IN ('queued', 'failed')) AS pending,
+        count(*) FILTER (WHERE state = 'dead') AS dead,
+        (SELECT count(*) FROM changed) AS changed,
+        count(*) FILTER (WHERE state = 'done' AND pinned) AS pinned,
+        (SELECT coalesce(json_object_agg(tag, n), '{}') FROM
+            (SELECT tag, count(*) AS n FROM changed, unnest(gained) AS tag GROUP BY tag) AS g) AS added,
+        (SELECT coalesce(json_object_agg(tag, n), '{}') FROM
+            (SELECT tag, count(*) AS n FROM changed, unnest(lost) AS tag GROUP BY tag) AS g) AS removed,
+        (SELECT coalesce(json_agg(json_build_array(repo_id, live, shadow, n) ORDER BY n DESC, repo_id COLLATE "C"),
+                         '[]') FROM
+            (SELECT repo_id, live, shadow, cardinality(gained) + cardinality(lost) AS n FROM changed
+             ORDER BY n DESC, repo_id COLLATE "C" LIMIT :top) AS t) AS changed_most
+    FROM sample
+""")
+
+
+def diff_shadow_against_live(conn: Connection, run_id: int, top: int) -> ShadowDiff:
+    """The canary's sample against live (ShadowDiff), with its ``top`` biggest changes."""
+    row = conn.execute(_DIFF, {"run": run_id, "top": top}).mappings().one()
+    return ShadowDiff(
+        int(row["sample"]), int(row["done"]), int(row["pending"]), int(row["dead"]), int(row["changed"]),
+        int(row["pinned"]), {int(tag): int(n) for tag, n in row["added"].items()},
+        {int(tag): int(n) for tag, n in row["removed"].items()},
+        [(repo_id, list(live), list(shadow), int(n)) for repo_id, live, shadow, n in row["changed_most"]])
 
 
 _PROMOTABLE = "s.run_id = :run AND s.state = 'done' AND s.promoted_at IS NULL"

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +18,14 @@ from typing import Any
 
 import structlog
 
-from db.canary import ShadowVsLive, insert_shadow_queued, iter_shadow_against_live, promote_shadow_results
+from db.canary import (
+    ShadowDiff,
+    ShadowVsLive,
+    diff_shadow_against_live,
+    insert_shadow_queued,
+    iter_shadow_against_live,
+    promote_shadow_results,
+)
 from db.configuration import Configuration
 from db.engine import transaction
 from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
@@ -149,56 +155,20 @@ class Diff:
                 "changed_most": self.changed_most, "gold": self.gold}
 
 
-def compare(run_id: int, rows: Iterable[ShadowVsLive], names: Mapping[int, str], top: int) -> Diff:
-    """Shadow against live over a canary's sample (rows of db.canary.iter_shadow_against_live). Pure, and
-    one pass holding counts and the ``top`` biggest changes only: memory flat in the sample's size.
+def describe(run_id: int, counted: ShadowDiff, names: Mapping[int, str]) -> Diff:
+    """The server's counts (db.canary.diff_shadow_against_live) in tag names: gains and losses by count,
+    then name; a tag id the taxonomy no longer has is shown as its number."""
 
-    Only repos the canary has tagged are compared; an untagged live repo counts as having no tags."""
-    diff = Diff(run_id, 0, 0, 0, 0, 0, 0)
-    added: Counter[str] = Counter()
-    removed: Counter[str] = Counter()
-    # The ``top`` biggest changes so far, the smallest first: (changes, the repo id's inverse order, ...).
-    kept: list[tuple[int, _Descending, str, list[int], list[int]]] = []
-    for row in rows:
-        diff.sample += 1
-        if row.state in ("queued", "failed"):
-            diff.pending += 1
-        elif row.state == "dead":
-            diff.dead += 1
-        if row.state != "done":
-            continue
-        diff.done += 1
-        diff.pinned += row.pinned
-        old, new = list(row.live or []), list(row.shadow or [])
-        if set(old) == set(new):
-            diff.unchanged += 1
-            continue
-        added.update(names.get(i, str(i)) for i in set(new) - set(old))
-        removed.update(names.get(i, str(i)) for i in set(old) - set(new))
-        change = (len(set(old) ^ set(new)), _Descending(row.repo_id), row.repo_id, old, new)
-        if len(kept) < top:
-            heapq.heappush(kept, change)
-        elif top and change[:2] > kept[0][:2]:
-            heapq.heapreplace(kept, change)
-    diff.added = dict(sorted(added.items(), key=lambda kv: (-kv[1], kv[0])))
-    diff.removed = dict(sorted(removed.items(), key=lambda kv: (-kv[1], kv[0])))
-    changes = [(n, repo_id, old, new) for n, _, repo_id, old, new in sorted(kept, key=lambda c: c[:2], reverse=True)]
-    diff.changed_most = [
-        {"id": repo_id, "old": [names.get(i, str(i)) for i in old], "new": [names.get(i, str(i)) for i in new],
-         "changed": n}
-        for n, repo_id, old, new in changes[:top]
-    ]
-    return diff
+    def named(ids: Iterable[int]) -> list[str]:
+        return [names.get(i, str(i)) for i in ids]
 
+    def by_count(counts: Mapping[int, int]) -> dict[str, int]:
+        return dict(sorted(((names.get(i, str(i)), n) for i, n in counts.items()), key=lambda kv: (-kv[1], kv[0])))
 
-@dataclass(frozen=True, slots=True)
-class _Descending:
-    """A repo id that sorts backwards: among changes of one size, the heap keeps the smallest ids."""
-
-    repo_id: str
-
-    def __lt__(self, other: _Descending) -> bool:
-        return self.repo_id > other.repo_id
+    return Diff(run_id, counted.sample, counted.done, counted.pending, counted.dead, counted.unchanged, counted.pinned,
+                added=by_count(counted.added), removed=by_count(counted.removed),
+                changed_most=[{"id": repo_id, "old": named(live), "new": named(shadow), "changed": n}
+                              for repo_id, live, shadow, n in counted.changed_most])
 
 
 def score_on_gold(rows: Iterable[ShadowVsLive], gold: Mapping[str, Any], taxonomy: Taxonomy) -> dict[str, Any]:
@@ -225,15 +195,9 @@ def diff_run(settings: Settings, run_id: int, *, top: int = 10, gold_file: Path 
     with transaction(settings.database_url) as conn:
         taxonomy = load_taxonomy(conn)
         gold = {g.repo: g for g in load_gold(gold_file, taxonomy)} if gold_file is not None else {}
-        labelled: list[ShadowVsLive] = []  # the sample's repos the gold file labels: as many as it has
-
-        def rows() -> Iterator[ShadowVsLive]:
-            for row in iter_shadow_against_live(conn, run_id):
-                if row.repo_id in gold or (row.name and row.name in gold):
-                    labelled.append(row)
-                yield row
-
-        diff = compare(run_id, rows(), {t.id: t.name for t in taxonomy.tags}, top)
+        diff = describe(run_id, diff_shadow_against_live(conn, run_id, top), {t.id: t.name for t in taxonomy.tags})
+        # The sample's repos the gold file labels (by id or name): as many as it has.
+        labelled = list(iter_shadow_against_live(conn, run_id, only=list(gold))) if gold else []
     if gold_file is not None:
         diff.gold = score_on_gold(labelled, gold, taxonomy)
     return diff

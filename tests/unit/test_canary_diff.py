@@ -1,4 +1,4 @@
-"""The pure parts of re-tagging: the canary's sample, its diff, the worker's run check, tag names."""
+"""The pure parts of re-tagging: the canary's sample, its diff in tag names, the worker's run check, tag names."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from db.canary import ShadowVsLive
+from db.canary import ShadowDiff
 from db.configuration import Configuration
 from db.runs import Run
-from producer.runs import check_canary_worker, choose_sample, compare, resolve_tags
+from producer.runs import check_canary_worker, choose_sample, describe, resolve_tags
 from tagger.errors import ConfigError, InputError
 from tagger.taxonomy import Taxonomy
 from workers.batch import WrongWorker, check_run
@@ -30,10 +30,6 @@ def test_the_sample_depends_on_the_seed_and_the_index_only():
     assert choose_sample([], 5, seed=1) == [] and choose_sample(IDS[:3], 5, seed=1) == IDS[:3]
 
 
-def row(repo_id, live, shadow, state="done", pinned=False):
-    return ShadowVsLive(repo_id, "", state, shadow, live, pinned)
-
-
 CONFIGURATION = Configuration("keyword", "keyword-v1", "p1", 1)
 
 
@@ -41,26 +37,20 @@ def run_of(run_id: int, kind: str) -> Run:
     return Run(run_id, kind, None, "me", None, CONFIGURATION, "all", 0, None, None)
 
 
-def test_diff_counts_unchanged_added_removed_and_orders_the_biggest_changes_first():
+def test_the_servers_diff_is_shown_in_tag_names_by_count_then_name():
     names = {1: "a", 2: "b", 3: "c", 4: "d"}
-    rows = [
-        row("x", [1, 2], [2, 1]),  # same tags, another order: unchanged
-        row("y", [1], [3]),  # one swapped: 2 changes
-        row("z", None, [1, 2, 3]),  # untagged live: 3 added
-        row("w", [1, 2, 3], [4]),  # 4 changes
-        row("p", [4], [1], pinned=True),
-        row("q", [1], None, state="queued"),
-        row("d", [1], None, state="dead"),
-    ]
-    diff = compare(9, rows, names, top=2)
+    counted = ShadowDiff(sample=7, done=5, pending=1, dead=1, changed=4, pinned=1,
+                         added={4: 1, 1: 2, 3: 2, 2: 1}, removed={9: 1, 1: 2},
+                         changed_most=[("w", [1, 2, 3], [4], 4), ("z", [], [1, 9], 2)])
+    diff = describe(9, counted, names)
     assert (diff.sample, diff.done, diff.pending, diff.dead, diff.unchanged, diff.pinned) == (7, 5, 1, 1, 1, 1)
-    assert diff.share_unchanged == 0.2
-    assert diff.added == {"a": 2, "c": 2, "b": 1, "d": 1}
-    assert diff.removed == {"a": 2, "b": 1, "c": 1, "d": 1}
-    assert [c["id"] for c in diff.changed_most] == ["w", "z"]
-    assert diff.changed_most[0] == {"id": "w", "old": ["a", "b", "c"], "new": ["d"], "changed": 4}
-    assert diff.as_json()["share_unchanged"] == 0.2
-    assert compare(1, [], names, top=3).share_unchanged is None
+    assert diff.share_unchanged == 0.2 and diff.as_json()["share_unchanged"] == 0.2
+    assert list(diff.added.items()) == [("a", 2), ("c", 2), ("b", 1), ("d", 1)]
+    assert list(diff.removed.items()) == [("a", 2), ("9", 1)]  # an id the taxonomy no longer has: its number
+    assert diff.changed_most == [{"id": "w", "old": ["a", "b", "c"], "new": ["d"], "changed": 4},
+                                 {"id": "z", "old": [], "new": ["a", "9"], "changed": 2}]
+    empty = describe(1, ShadowDiff(0, 0, 0, 0, 0, 0, {}, {}, []), names)
+    assert empty.share_unchanged is None and empty.added == {} and empty.changed_most == []
 
 
 def test_a_batch_goes_only_to_the_worker_of_its_kind():
@@ -90,21 +80,3 @@ def test_tag_names_are_resolved_as_the_taxonomy_matches_them():
                          ("ai,cli,game,3d", "at most 3 tags")]:
         with pytest.raises(InputError, match=message):
             resolve_tags(taxonomy, raw)
-
-
-def test_diff_takes_the_sample_in_one_pass_and_keeps_the_biggest_changes_in_order():
-    rng = random.Random(3)
-    names = {i: f"t{i}" for i in range(1, 9)}
-    rows = [row(f"r{i:05d}", rng.sample(range(1, 9), rng.randint(0, 3)), rng.sample(range(1, 9), rng.randint(1, 3)))
-            for i in range(3000)]
-    consumed = []
-    diff = compare(4, (consumed.append(r) or r for r in rows), names, top=25)  # a generator: read once
-    assert len(consumed) == 3000 and diff.sample == diff.done == 3000
-
-    def changes(r):
-        return len(set(r.live) ^ set(r.shadow))
-
-    expected = sorted((r for r in rows if changes(r)), key=lambda r: (-changes(r), r.repo_id))[:25]
-    assert [c["id"] for c in diff.changed_most] == [r.repo_id for r in expected]
-    assert diff.unchanged == sum(not changes(r) for r in rows)
-    assert compare(4, iter(rows), names, top=0).changed_most == []
