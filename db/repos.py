@@ -288,3 +288,19 @@ def page_repo_ids(
             needs_work = sa.and_(needs_work, settled, results.c.backend.is_distinct_from(MANUAL))
         query = query.where(needs_work)
     return list(conn.execute(query).scalars())
+
+
+# A repo's place in a seed's draw: the SHA-256 of "<seed>:<id>" (defined by the text alone, so the same
+# on any server and any platform). The server reads every id once and keeps the ``n`` first in a bounded
+# top-N sort: no id crosses to the client but those drawn.
+_DRAW = sa.text("""
+    SELECT id FROM (
+        SELECT id FROM repos ORDER BY sha256(convert_to(CAST(:seed AS text) || ':' || id, 'UTF8')), id LIMIT :n
+    ) AS drawn ORDER BY id COLLATE "C"
+""")
+
+
+def draw_sample(conn: Connection, n: int, seed: int) -> list[str]:
+    """``n`` repo ids drawn at random, reproducibly: the same seed over the same index gives the same
+    sample, and a grown index keeps the repos it had that still place among the first ``n``; in id order."""
+    return list(conn.execute(_DRAW, {"n": n, "seed": seed}).scalars())

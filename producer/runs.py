@@ -8,8 +8,6 @@ flight finish before, and its later writes see the mark (db.runs.lock_run_for_wr
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,10 +28,10 @@ from db.configuration import Configuration
 from db.engine import transaction
 from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
 from db.pins import Pin, get_pin, pin_tags, unpin_tags
-from db.repos import repo_exists
+from db.repos import draw_sample, repo_exists
 from db.runs import Run, create_run, existing_run, lock_run, run_counts
 from db.taxonomy import current_taxonomy_version, load_taxonomy
-from producer.enqueue import PAGE_SIZE, RunSpec, Sender, canary_settings, current_configuration, iter_selection
+from producer.enqueue import RunSpec, Sender, canary_settings, current_configuration
 from tagger.errors import ConfigError, InputError
 from tagger.evaluation import load_gold, score
 from tagger.ids import validate_repo_id
@@ -68,16 +66,6 @@ def find_run(settings: Settings, run_id: int, kind: str | None = None) -> RunSta
 # --- canary ------------------------------------------------------------------------------------------
 
 
-def sample_key(seed: int, repo_id: str) -> bytes:
-    return hashlib.blake2b(f"{seed}:{repo_id}".encode(), digest_size=8).digest()
-
-
-def choose_sample(ids: Iterable[str], n: int, seed: int) -> list[str]:
-    """``n`` ids drawn at random, reproducibly: the same seed over the same index gives the same sample,
-    whatever the order the ids come in, in memory proportional to ``n`` (a heap), in id order."""
-    return sorted(heapq.nsmallest(n, ids, key=lambda repo_id: sample_key(seed, repo_id)))
-
-
 @dataclass
 class CanaryReport:
     run_id: int
@@ -98,7 +86,8 @@ def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
     configuration = current_configuration(settings)
     if configuration.taxonomy_version is None:
         raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
-    ids = choose_sample((i for page in iter_selection(settings, "all", PAGE_SIZE) for i in page), n, seed)
+    with transaction(settings.database_url) as conn:
+        ids = draw_sample(conn, n, seed)
     if not ids:
         raise InputError("the index holds no repos: there is nothing to sample")
     # Redis down: say so before recording a run whose sample would wait for a message never sent.

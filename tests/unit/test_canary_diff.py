@@ -1,34 +1,16 @@
-"""The pure parts of re-tagging: the canary's sample, its diff in tag names, the worker's run check, tag names."""
+"""The pure parts of re-tagging: the canary's diff in tag names, the worker's run check, tag names."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 
 from db.canary import ShadowDiff
 from db.configuration import Configuration
 from db.runs import Run
-from producer.runs import check_canary_worker, choose_sample, describe, resolve_tags
+from producer.runs import check_canary_worker, describe, resolve_tags
 from tagger.errors import ConfigError, InputError
 from tagger.taxonomy import Taxonomy
 from workers.batch import WrongWorker, check_run
-
-IDS = [f"r{i:04d}" for i in range(1000)]
-
-
-def test_the_sample_depends_on_the_seed_and_the_index_only():
-    sample = choose_sample(IDS, 50, seed=7)
-    shuffled = IDS[:]
-    random.Random(1).shuffle(shuffled)
-    assert choose_sample(iter(shuffled), 50, seed=7) == sample  # whatever order the pages come in
-    assert len(sample) == 50 and sample == sorted(set(sample)) and set(sample) <= set(IDS)
-    assert choose_sample(IDS, 50, seed=8) != sample
-    # A bigger index keeps most of the sample: a repo is drawn by its own hash, not its position.
-    grown = choose_sample([*IDS, *(f"s{i}" for i in range(100))], 50, seed=7)
-    assert len(set(grown) & set(sample)) >= 40
-    assert choose_sample([], 5, seed=1) == [] and choose_sample(IDS[:3], 5, seed=1) == IDS[:3]
-
 
 CONFIGURATION = Configuration("keyword", "keyword-v1", "p1", 1)
 
