@@ -177,7 +177,7 @@ COMMANDS: dict[str, LazyCommand] = {
         ("calibrate", "cli.quality:calibrate", "Fit the scoring weights and threshold of a backend and model on "
          "labelled READMEs, report them with k-fold cross-validated figures, and store them as the profile that "
          "backend and model use."),
-        ("canary", "cli.runs:canary", "Tag a random sample with this configuration into shadow results that no "
+        ("canary", "cli.canary:canary", "Tag a random sample with this configuration into shadow results that no "
          "live reader sees."),
         ("db", "cli.pipeline:db", "Database schema."),
         ("demo", "cli.demo:demo", "The production system, small: tag the sample READMEs on this machine and "

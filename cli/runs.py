@@ -1,10 +1,9 @@
-"""Re-tagging you can trust: runs, the shadow canary (canary, diff, promote), rollback, pinned tags,
-a repo's history."""
+"""Re-tagging you can trust: runs, a canary's diff and promotion, rollback, pinned tags, a repo's history
+(the canary's start, which sends to the queue: cli/canary.py)."""
 
 from __future__ import annotations
 
 import json
-import random
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from cli.settings import settings_with
 from db.engine import transaction
 from db.progress import runs_progress
 from db.runs import list_runs, run_counts
-from producer.enqueue import RunSpec
 from producer.progress import run_state, with_true_counts
 from producer.runs import (
     RunStatus,
@@ -25,7 +23,6 @@ from producer.runs import (
     prune,
     rollback,
     set_manual_tags,
-    start_canary,
     unset_manual_tags,
 )
 
@@ -57,37 +54,6 @@ def runs_(limit: int, as_json: bool) -> None:
         click.echo(f"{run.id:>5} {run.kind:<6} {when(run.started_at):<19} {by[:20]:<20} {config:<32} "
                    f"{run.selection[:20]:<20} {sent:>7} {counts['tagged']:>7} {counts['pending']:>7} "
                    f"{counts['dead']:>5}  {states[run.id]}")
-
-
-@click.command()
-@click.option("--sample", "size", type=int, required=True, help="Repos in the sample (drawn at random).")
-@click.option("--seed", type=int, help="Seed of the draw: the same seed over the same index draws the same "
-              "sample. Default: a random one, printed.")
-@click.option("--label", help="A note recorded with the run (what is being tried).")
-def canary(size: int, seed: int | None, label: str | None) -> None:
-    """Tag a random sample with this configuration into shadow results that no live reader sees.
-
-    \b
-    The configuration is the TAGGER_* settings, as a worker takes them (backend, model, prompt,
-    shortlist...). The sample goes to a queue of its own, <TAGGER_QUEUE>.canary.<RUN>, which only
-    a worker started with the same settings and `--canary RUN` consumes:
-      TAGGER_MODEL=new.gguf tagger canary --sample 1000 --seed 7      prints RUN
-      TAGGER_MODEL=new.gguf tagger worker --canary RUN                tags the sample
-      tagger diff RUN                                                 what would change
-      tagger promote RUN                                              the sample's new tags go live
-    """
-    settings = settings_with()
-    chosen = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
-
-    def started(run_id: int, queue: str) -> None:
-        click.echo(f"canary run {run_id} (seed {chosen}): start its worker with the same settings: "
-                   f"tagger worker --canary {run_id}")
-
-    report = start_canary(settings, size, chosen, RunSpec(operator(), label), on_started=started)
-    click.echo(f"canary run {report.run_id}: {report.sample} repos sent in {report.batches} batches to queue "
-               f"{report.queue}")
-    config = " ".join(f"{k}={v}" for k, v in report.configuration.as_dict().items())
-    click.echo(f"configuration: {config}")
 
 
 @click.command()

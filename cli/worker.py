@@ -7,7 +7,9 @@ import click
 from cli.settings import settings_with
 from db.engine import transaction
 from db.taxonomy import current_taxonomy_version
-from producer.runs import canary_settings, check_canary_worker, find_run
+from producer.canary import check_canary_worker
+from producer.enqueue import canary_settings
+from producer.runs import find_run
 from tagger.backends import check_backend, configured_model
 from tagger.errors import ConfigError, InputError
 from tagger.metrics_http import MetricsServer, serve_metrics

@@ -1,5 +1,5 @@
-"""Re-tagging you can trust: a shadow canary of a new configuration on a reproducible sample, its diff
-against the live results, its promotion, a run's rollback, tags pinned by hand, a repo's history.
+"""Re-tagging you can trust: a shadow canary's diff against the live results and its promotion (its start,
+which sends to the queue: producer.canary), a run's rollback, tags pinned by hand, a repo's history.
 
 Every change is one transaction. Rollback and promote lock the run's row first: the run's writes in
 flight finish before, and its later writes see the mark (db.runs.lock_run_for_write).
@@ -7,8 +7,7 @@ flight finish before, and its later writes see the mark (db.runs.lock_run_for_wr
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,24 +19,20 @@ from db.canary import (
     ShadowDiff,
     ShadowVsLive,
     diff_shadow_against_live,
-    insert_shadow_queued,
     iter_shadow_against_live,
     promote_shadow_results,
 )
-from db.configuration import Configuration
 from db.engine import transaction
 from db.history import PruneReport, ResultVersion, RollbackReport, prune_history, result_versions, rollback_run
 from db.pins import Pin, get_pin, pin_tags, unpin_tags
-from db.repos import draw_sample, repo_exists
-from db.runs import Run, create_run, existing_run, lock_run, run_counts
+from db.repos import repo_exists
+from db.runs import Run, existing_run, lock_run, run_counts
 from db.taxonomy import current_taxonomy_version, load_taxonomy
-from producer.enqueue import RunSpec, Sender, canary_settings, current_configuration
-from tagger.errors import ConfigError, InputError
+from tagger.errors import InputError
 from tagger.evaluation import load_gold, score
 from tagger.ids import validate_repo_id
 from tagger.settings import Settings
 from tagger.taxonomy import Taxonomy
-from workers.contract import queue_depth
 
 log = structlog.get_logger("tagger.producer")
 
@@ -61,59 +56,6 @@ def find_run(settings: Settings, run_id: int, kind: str | None = None) -> RunSta
     with transaction(settings.database_url) as conn:
         run = existing_run(conn, run_id, kind)
         return RunStatus(run, run_counts(conn, run))
-
-
-# --- canary ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CanaryReport:
-    run_id: int
-    queue: str
-    sample: int
-    batches: int
-    configuration: Configuration
-
-
-def start_canary(settings: Settings, n: int, seed: int, spec: RunSpec,
-                 on_started: Callable[[int, str], None] | None = None) -> CanaryReport:
-    """Record a canary run of ``settings``' configuration over a sample of ``n`` repos, and send the
-    sample to the canary's queue. Nothing live is touched: job states stay as they are. ``on_started``
-    (run id, queue) is called before the first batch is sent: a sample larger than the queue's high-water
-    mark waits for the canary's worker, which needs the run id to start."""
-    if n < 1:
-        raise InputError(f"the sample must hold at least one repo, not {n}")
-    configuration = current_configuration(settings)
-    if configuration.taxonomy_version is None:
-        raise ConfigError("no taxonomy in the database: run `tagger db upgrade` first")
-    with transaction(settings.database_url) as conn:
-        ids = draw_sample(conn, n, seed)
-    if not ids:
-        raise InputError("the index holds no repos: there is nothing to sample")
-    # Redis down: say so before recording a run whose sample would wait for a message never sent.
-    queue_depth(settings.broker_url, settings.queue)
-    with transaction(settings.database_url) as conn:
-        run_id = create_run(conn, kind="canary", started_by=spec.started_by, label=spec.label,
-                            selection=f"sample {n} seed {seed}", configuration=configuration)
-        insert_shadow_queued(conn, run_id, ids)
-    log.info("run_started", run_id=run_id, kind="canary", started_by=spec.started_by, label=spec.label,
-             sample=len(ids), seed=seed, **configuration.as_dict())
-    shadow = canary_settings(settings, run_id)
-    if on_started is not None:
-        on_started(run_id, shadow.queue)
-    sender = Sender(shadow, run_id=run_id, shadow=True, owns_run=True)
-    with contextlib.closing(sender):
-        sender.send(ids)
-    return CanaryReport(run_id, shadow.queue, len(ids), sender.report.batches, configuration)
-
-
-def check_canary_worker(run: Run, configuration: Configuration) -> None:
-    """A canary worker must run exactly the canary's configuration; ConfigError naming the differences."""
-    different = [f"{name} {mine!r} (canary: {theirs!r})"
-                 for name, mine, theirs in configuration.differences(run.configuration)]
-    if different:
-        raise ConfigError(f"this worker does not run canary {run.id}'s configuration: " + "; ".join(different)
-                          + ". Start it with the same TAGGER_* settings as `tagger canary`.")
 
 
 # --- diff ------------------------------------------------------------------------------------------

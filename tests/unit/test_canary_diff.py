@@ -7,7 +7,8 @@ import pytest
 from db.canary import ShadowDiff
 from db.configuration import Configuration
 from db.runs import Run
-from producer.runs import check_canary_worker, describe, resolve_tags
+from producer.canary import check_canary_worker
+from producer.runs import describe, resolve_tags
 from tagger.errors import ConfigError, InputError
 from tagger.taxonomy import Taxonomy
 from workers.batch import WrongWorker, check_run
