@@ -318,7 +318,7 @@ def _first_words(statement: str) -> str:
     words = " ".join(statement.split()).split(" ")
     head = " ".join(words[:3])
     for keyword in ("FROM runs", "FROM repos", "INTO results", "INTO jobs", "INTO result_history", "UPDATE runs",
-                    "FROM dead_letters", "FOR KEY SHARE", "FOR UPDATE"):
+                    "FROM dead_letters", "FOR KEY SHARE", "FOR UPDATE", "pg_advisory_xact_lock_shared"):
         if keyword.lower() in " ".join(words).lower():
             head += f" …{keyword}"
     return head[:80]

@@ -131,7 +131,7 @@ _ROLLBACK_WRITES = sa.text(f"""
 
 def rollback_run(conn: Connection, run_id: int) -> RollbackReport:
     """For every repo run ``run_id`` wrote, restore the version before it, except repos changed since or
-    pinned. Marks the run rolled back first (with the run row locked: the run's writes in flight are in,
+    pinned. Marks the run rolled back first (with the run's lock held: the run's writes in flight are in,
     and its later writes are dropped by the workers). In the caller's transaction: all or nothing.
 
     Set-based: two statements whatever the run's size (what is left alone, then the writes), and the

@@ -61,7 +61,6 @@ def create_run(conn: Connection, *, kind: str, started_by: str, label: str | Non
 
 
 def add_run_enqueued(conn: Connection, run_id: int, n: int) -> None:
-    # A non-key update: it does not wait for the workers' key-share locks on the run (lock_run_for_write).
     conn.execute(sa.update(runs).where(runs.c.id == run_id).values(enqueued=runs.c.enqueued + n))
 
 
@@ -84,19 +83,28 @@ def list_runs(conn: Connection, limit: int) -> list[Run]:
     return [Run.from_row(r) for r in conn.execute(sa.select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings()]
 
 
+# A run's writes and its rollback or promotion are ordered by a transaction-level advisory lock on the run
+# (the workers' writes share it, rollback and promote take it alone), not by a lock on the run's row: a
+# row that a fleet share-locks at once costs a new MultiXact of all its lockers, and a WAL record, at
+# every batch, all on one page. Keyed by two int4s: a key space apart from db.locks' bigint keys.
+RUN_LOCK_SPACE = 0x7461_6767  # "tagg"
+_LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(:space, :run)")
+_LOCK_ALONE = sa.text("SELECT pg_advisory_xact_lock(:space, :run)")
+
+
 def lock_run_for_write(conn: Connection, run_id: int) -> Run | None:
-    """A worker's write of run ``run_id``: a key-share lock on the run until the write commits, so a
-    rollback or promote (lock_run) waits for the writes in flight, and every later write sees its mark."""
-    row = conn.execute(
-        sa.select(runs).where(runs.c.id == run_id).with_for_update(read=True, key_share=True)
-    ).mappings().first()
-    return Run.from_row(row) if row else None
+    """A worker's write of run ``run_id``: the run's lock, shared, until the write commits, so a rollback
+    or promote (lock_run) waits for the writes in flight, and every later write sees its mark. The row is
+    read once the lock is held, by a statement of its own: its snapshot has the mark of any rollback that
+    held the lock before."""
+    conn.execute(_LOCK_SHARED, {"space": RUN_LOCK_SPACE, "run": run_id})
+    return get_run(conn, run_id)
 
 
 def lock_run(conn: Connection, run_id: int) -> Run | None:
-    """Rollback and promote: the run row, exclusively, once every write of the run in flight is in."""
-    row = conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update()).mappings().first()
-    return Run.from_row(row) if row else None
+    """Rollback and promote: the run's lock, alone, once every write of the run in flight is in; then its row."""
+    conn.execute(_LOCK_ALONE, {"space": RUN_LOCK_SPACE, "run": run_id})
+    return get_run(conn, run_id)
 
 
 def mark_run_promoted(conn: Connection, run_id: int) -> None:

@@ -1,7 +1,7 @@
 """Re-tagging you can trust: a shadow canary's diff against the live results and its promotion (its start,
 which sends to the queue: producer.canary), a run's rollback, tags pinned by hand, a repo's history.
 
-Every change is one transaction. Rollback and promote lock the run's row first: the run's writes in
+Every change is one transaction. Rollback and promote take the run's lock first: the run's writes in
 flight finish before, and its later writes see the mark (db.runs.lock_run_for_write).
 """
 

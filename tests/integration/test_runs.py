@@ -156,7 +156,7 @@ def test_rollback_of_a_run_that_tagged_first_untags_and_drops_its_late_batches(s
 
 
 def test_rollback_waits_for_a_write_in_flight_and_undoes_it_too(settings, env):
-    """A worker's write holds a key-share lock on its run: the rollback starts after it commits, so the
+    """A worker's write holds its run's lock, shared: the rollback starts after it commits, so the
     result written in that very moment is rolled back as well, never left behind."""
     seed(settings)
     run = enqueue(env, "--ids", "1001")
@@ -179,7 +179,7 @@ def test_rollback_waits_for_a_write_in_flight_and_undoes_it_too(settings, env):
         with engine.connect() as conn:
             return bool(conn.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query LIKE '%FROM runs%FOR UPDATE%'")).scalar())
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")).scalar())
 
     wait_until(rollback_waits_on_a_lock, timeout=20, what="the rollback waiting for the write")
     assert not done.is_set()
