@@ -40,39 +40,49 @@ _RESULTS_INSERT = sa.text(_INSERT + " ON CONFLICT (repo_id) DO NOTHING RETURNING
 # A result never replaces one computed from a newer README, nor tags pinned by hand: the statement's own
 # condition, evaluated on the locked row (a pin committed while this batch was in the model still wins).
 _REPLACES = "results.readme_version <= excluded.readme_version AND results.backend <> 'manual'"
-_RESULTS_UPSERT = sa.text(_INSERT + f"""
-    ON CONFLICT (repo_id) DO UPDATE SET
-        {", ".join(f"{name} = excluded.{name}" for name in RESULT_NAMES)},
-        tagged_at = now(), changed_at = now(), run_id = excluded.run_id
-    WHERE {_REPLACES}
-""")
 _HISTORY_COLUMNS = ", ".join(VERSION_NAMES)
-# Lock the results a batch replaces (id order) and copy into history those the upsert's conditions let
-# it replace; a rewrite by the same run (a redelivered batch) replaces its own version unarchived.
-_ARCHIVE_REPLACED = sa.text(f"""
-    WITH n AS (
-        SELECT * FROM {unnest_rows([_WRITTEN[0], RESULT_FIELDS[RESULT_NAMES.index("readme_version")], _WRITTEN[-1]])}
-    ), old AS (
-        SELECT results.*, n.readme_version AS new_version, n.run_id AS new_run
-        FROM results JOIN n ON n.repo_id = results.repo_id
-        ORDER BY results.repo_id
-        FOR UPDATE OF results
-    )
-    INSERT INTO result_history ({_HISTORY_COLUMNS}, replaced_by_run, replaced_reason)
-    SELECT {_HISTORY_COLUMNS}, new_run, 'run'
-    FROM old
-    WHERE backend <> 'manual' AND readme_version <= new_version
-      AND (run_id IS NULL OR new_run IS NULL OR run_id <> new_run)
-""")
-# The archive and the replacement in one statement (one round trip and executor start a batch): the
-# archive is a data-modifying CTE the upsert's rows depend on (its count, joined to each), so it runs to
-# completion first, locking and copying the old versions before the upsert (same command) replaces them.
-_HISTORY_INSERT = ")\n    INSERT INTO result_history"
-_ARCHIVE_AND_REPLACE = sa.text(
-    _ARCHIVE_REPLACED.text.replace(_HISTORY_INSERT, "), archived AS (" + _HISTORY_INSERT[1:], 1).rstrip()
-    + "\n    RETURNING 1\n)"
-    + _RESULTS_UPSERT.text.replace("\n    FROM unnest(", "\n    FROM (SELECT count(*) FROM archived) AS a, unnest(", 1)
-)
+
+
+def _archive_and_replace(only_seen: bool) -> sa.TextClause:
+    """One statement: lock the results a batch replaces (id order), copy into history those the upsert's
+    conditions let it replace (a rewrite by the same run, a redelivered batch, replaces its own version
+    unarchived), then upsert. The archive is a data-modifying CTE the upsert's rows depend on (its count,
+    joined to each), so it runs to completion first, locking and copying the old versions before the
+    upsert (same command) replaces them.
+
+    ``only_seen``: a conflicting row is replaced only if the archive locked it, and the written ids are
+    returned. A result another writer inserted after this statement's snapshot is then left alone (and
+    not returned) rather than replaced unarchived."""
+    new = unnest_rows([_WRITTEN[0], RESULT_FIELDS[RESULT_NAMES.index("readme_version")], _WRITTEN[-1]])
+    seen = " AND results.repo_id IN (SELECT repo_id FROM old)" if only_seen else ""
+    return sa.text(f"""
+        WITH n AS (SELECT * FROM {new}
+        ), old AS (
+            SELECT results.*, n.readme_version AS new_version, n.run_id AS new_run
+            FROM results JOIN n ON n.repo_id = results.repo_id
+            ORDER BY results.repo_id
+            FOR UPDATE OF results
+        ), archived AS (
+            INSERT INTO result_history ({_HISTORY_COLUMNS}, replaced_by_run, replaced_reason)
+            SELECT {_HISTORY_COLUMNS}, new_run, 'run'
+            FROM old
+            WHERE backend <> 'manual' AND readme_version <= new_version
+              AND (run_id IS NULL OR new_run IS NULL OR run_id <> new_run)
+            RETURNING 1
+        )
+        INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at, changed_at)
+        SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now(), now()
+        FROM (SELECT count(*) FROM archived) AS a, {unnest_rows(_WRITTEN)}
+        ON CONFLICT (repo_id) DO UPDATE SET
+            {", ".join(f"{name} = excluded.{name}" for name in RESULT_NAMES)},
+            tagged_at = now(), changed_at = now(), run_id = excluded.run_id
+        WHERE {_REPLACES}{seen}
+        {"RETURNING results.repo_id" if only_seen else ""}
+    """)
+
+
+_WRITE = _archive_and_replace(only_seen=True)
+_ARCHIVE_AND_REPLACE = _archive_and_replace(only_seen=False)
 
 
 def any_of(values: Sequence[Any], item: Any = None) -> Any:
@@ -91,11 +101,17 @@ def upsert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         return
     defaults = {f.name: None for f in _WRITTEN if f.nullable} | {"run_id": None}
     ordered = sorted((defaults | dict(row) for row in rows), key=lambda r: r["repo_id"])
-    # Repos without a result are inserted (a first tagging costs one statement, as before history);
-    # the others (including any another writer inserted meanwhile: the insert waits for its commit) are
-    # then locked in id order, archived, and replaced, so no version is ever replaced unseen.
-    inserted = set(conn.execute(_RESULTS_INSERT, _arrays(ordered)).scalars())
-    rest = [row for row in ordered if row["repo_id"] not in inserted]
+    # One statement for a batch: new repos inserted, the others archived and replaced.
+    written = set(conn.execute(_WRITE, _arrays(ordered)).scalars())
+    rest = [row for row in ordered if row["repo_id"] not in written]
+    if not rest:
+        return
+    # Not written: kept by the conditions (pinned, a newer README), or inserted by another writer after
+    # the statement's snapshot. The careful path: insert what still has no result (waiting for any other
+    # writer's insert to commit), then lock, archive and replace the others, seen by a new snapshot; so no
+    # version is ever replaced unseen.
+    inserted = set(conn.execute(_RESULTS_INSERT, _arrays(rest)).scalars())
+    rest = [row for row in rest if row["repo_id"] not in inserted]
     if rest:
         conn.execute(_ARCHIVE_AND_REPLACE, _arrays(rest))
 

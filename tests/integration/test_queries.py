@@ -3,15 +3,18 @@ states move as the worker says."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
-from db.engine import transaction
+from db.engine import get_engine, transaction
 from db.jobs import mark_done, mark_queued, schedule_retries
-from db.models import jobs, results
+from db.models import jobs, result_history, results
 from db.repos import upsert_repos
 from db.results import upsert_results, utcnow
 from db.work import LIVE, claim_stuck
+from tests.support.processes import wait_until
 
 
 @pytest.fixture
@@ -114,3 +117,42 @@ def test_confidences_are_stored_and_the_least_confident_come_first(url):
     with transaction(url) as conn:  # a re-tag under an unscored backend clears the scores
         upsert_results(conn, [_result("a", [4], 1)])
         assert [r.repo_id for r in least_confident_results(conn, 10)] == ["b", "d"]
+
+
+def _history(url: str) -> list[tuple[str, list[int], str]]:
+    with transaction(url) as conn:
+        rows = conn.execute(sa.select(result_history.c.repo_id, result_history.c.tag_ids, result_history.c.model)
+                            .order_by(result_history.c.id))
+        return [(repo_id, tag_ids, model) for repo_id, tag_ids, model in rows]
+
+
+def test_a_result_another_writer_inserts_meanwhile_is_archived_not_replaced_unseen(url):
+    with transaction(url) as conn:
+        upsert_repos(conn, [{"id": i, "name": i, "readme": f"# {i}"} for i in ("a", "b")])
+        upsert_results(conn, [_result("a", [1], 1)])
+    first = get_engine(url).connect()
+    first_tx = first.begin()
+    upsert_results(first, [_result("b", [2], 1, model="first")])  # b's first result, not committed yet
+    second_done = threading.Event()
+
+    def second_writer() -> None:
+        with transaction(url) as conn:
+            upsert_results(conn, [_result("a", [3], 1, model="second"), _result("b", [4], 1, model="second")])
+        second_done.set()
+
+    second = threading.Thread(target=second_writer)
+    second.start()
+
+    def second_waits() -> bool:  # on the first one's transaction: its insert of b, not committed yet
+        with transaction(url) as conn:
+            return bool(conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND wait_event = 'transactionid'")).scalar())
+
+    wait_until(second_waits, timeout=20, what="the second writer waiting on the first one's insert")
+    first_tx.commit()
+    first.close()
+    second.join(timeout=30)
+    assert second_done.is_set()
+    assert {k: v[0] for k, v in _stored(url).items()} == {"a": [3], "b": [4]}
+    assert _history(url) == [("a", [1], "m1"), ("b", [2], "first")]  # both replaced versions kept
