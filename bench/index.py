@@ -7,8 +7,9 @@ run (one version in history each), jobs done, one in a thousand dead-lettered, a
 review, export (and --with-scores), one repo's history, enqueue --stale with nothing stale and with 1 %
 stale, sweep, a canary draw, diff, export --changed-since after 1 % of the results changed, promote of the
 loaded canary and export --changed-since after it (10 % changed; when the CLI has the option), rollback
-of the live run (the whole index), history pruning (when the CLI has it), and an import of a JSON Lines
-file of realistic READMEs.
+of a run that re-tagged one repo in ten (built by SQL: the issue's "rollback of a 100,000-repo re-tag run"
+at 1 M), rollback of the live run (the whole index), history pruning (when the CLI has it), and an import of a
+JSON Lines file of realistic READMEs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from db.engine import transaction
+from db.models import VERSION_NAMES
 from producer.enqueue import current_configuration, iter_selection
 from producer.metrics import PipelineCollector
 from tagger.settings import Settings
@@ -135,6 +137,33 @@ def make_changed(url: str, every: int) -> int:
             {"every": every}).rowcount)
 
 
+_VERSIONS = ", ".join(VERSION_NAMES)
+
+
+def make_retag_run(url: str, every: int, of_run: int) -> tuple[int, int]:
+    """A live run that re-tagged one repo in ``every`` of ``of_run``'s, as a refresh does: their results
+    replaced by its own, the versions before in history; (its id, repos)."""
+    with transaction(url) as conn:
+        run_id = int(conn.execute(sa.text(
+            "INSERT INTO runs (kind, started_by, label, backend, model, prompt_version, taxonomy_version, selection, "
+            "enqueued) SELECT kind, started_by, 'bench: re-tag', backend, model, prompt_version, taxonomy_version, "
+            "'stale', 0 FROM runs WHERE id = :run RETURNING id"), {"run": of_run}).scalar_one())
+        repos = int(conn.execute(sa.text(f"""
+            WITH picked AS (
+                SELECT * FROM results WHERE run_id = :of_run AND abs(hashtext(repo_id)) % :every = 2
+                ORDER BY repo_id FOR UPDATE
+            ), archived AS (
+                INSERT INTO result_history ({_VERSIONS}, replaced_by_run, replaced_reason)
+                SELECT {_VERSIONS}, :run, 'run' FROM picked
+            )
+            UPDATE results r SET run_id = :run, tagged_at = now(), changed_at = now(), tag_ids = r.tag_ids[1:1]
+            FROM picked WHERE r.repo_id = picked.repo_id
+        """), {"of_run": of_run, "every": every, "run": run_id}).rowcount)
+        conn.execute(sa.text("UPDATE runs SET enqueued = :n, sent_at = now() WHERE id = :run"),
+                     {"n": repos, "run": run_id})
+    return run_id, repos
+
+
 def database_mib(url: str) -> float:
     with transaction(url) as conn:
         return float(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one()) / 2**20
@@ -208,6 +237,8 @@ def run(settings: Settings, repos: int, tmp: Path, say: Callable[[str], None],
         timed("export --changed-since", "export", "--changed-since", since, "--out", str(tmp / "changed.jsonl"))
     else:
         timings["export --changed-since"] = timings["export --changed-since (1 % changed)"] = None
+    retag_run, figures["retag_repos"] = make_retag_run(url, 10, index.live_run)
+    timed("rollback RUN (a re-tag of 10 %)", "rollback", str(retag_run))
     timed("rollback RUN (whole index)", "rollback", str(index.live_run))
     if cli_has(settings, tmp, ["history", "prune"], "--keep"):
         timed("history prune --keep 1", "history", "prune", "--keep", "1")
@@ -231,6 +262,7 @@ def run(settings: Settings, repos: int, tmp: Path, say: Callable[[str], None],
         "stale_select_us_per_repo": figures["stale_select_s"] * 1e6 / repos,
         "promote_repos_per_s": index.canary_sample / seconds["promote"],
         "rollback_repos_per_s": repos / seconds["rollback RUN (whole index)"],
+        "rollback_retag_repos_per_s": figures["retag_repos"] / seconds["rollback RUN (a re-tag of 10 %)"],
         "import_rows_per_s": import_lines / seconds["import"],
         "import_max_rss_mib": timings["import"].max_rss_mib if timings["import"] else float("nan"),
         "max_rss_mib": max([figures["help_max_rss_mib"]] + [t.max_rss_mib for t in timings.values() if t]),

@@ -328,6 +328,8 @@ def _index(base: Settings, plan: Plan, report: Report, say: Callable[[str], None
                "goal >= 40,000", key="promote_repos_per_s")
     report.add(section, f"rollback of a run over {n:,} repos", f["rollback_repos_per_s"], "repos/s",
                "goal >= 40,000", key="rollback_repos_per_s")
+    report.add(section, f"rollback of a re-tag of {int(f['retag_repos']):,} repos (one in ten)",
+               f["rollback_retag_repos_per_s"], "repos/s", "goal >= 40,000", key="rollback_retag_repos_per_s")
     report.add(section, f"import of {index_bench.IMPORT_LINES:,} lines ({f['import_file_mib']:.0f} MiB)",
                f["import_rows_per_s"], "rows/s", "goal >= 50,000", key="import_rows_per_s")
     report.add(section, "import peak RSS", f["import_max_rss_mib"], "MiB", "goal <= 300", key="import_max_rss_mib")

@@ -37,14 +37,17 @@ def get_engine(url: str) -> Engine:
 
 # A statement over a whole run's rows (rollback, promote): the sorts, hashes and CTEs of a million rows
 # kept in memory rather than spilled in many batches (still bounded, per node), and no JIT: compiling the
-# wide UPDATEs and INSERTs took longer than it saved on rows that are mostly index and WAL work.
+# wide UPDATEs and INSERTs took longer than it saved on rows that are mostly index and WAL work. And no
+# nested loops: the planner's statistics rarely know a run's rows (a run under a tenth of a table never
+# triggers auto-analyze), so it estimates them at one and loops over the other side once per row, which
+# is quadratic in the run's size (a rollback of 10,066 repos: 36 s; with hash joins, 0.34 s).
 BULK_WORK_MEM = "64MB"
 
 
 def bulk_write_settings(conn: Connection) -> None:
     """For the rest of the caller's transaction: the settings of a statement over a whole run's rows."""
-    conn.execute(sa.text("SELECT set_config('work_mem', :mem, true), set_config('jit', 'off', true)"),
-                 {"mem": BULK_WORK_MEM})
+    conn.execute(sa.text("SELECT set_config('work_mem', :mem, true), set_config('jit', 'off', true), "
+                         "set_config('enable_nestloop', 'off', true)"), {"mem": BULK_WORK_MEM})
 
 
 def _first_line(error: BaseException | None) -> str:
