@@ -306,6 +306,7 @@ def _index(base: Settings, plan: Plan, report: Report, say: Callable[[str], None
                key="bulk_load_s_per_million")
     report.figures["index_repos"] = n
     report.figures["index_db_mib"] = round(run.database_mib)
+    report.figures["index_retag_repos"] = int(run.figures["retag_repos"])
     report.add(section, "tagger --help (median of 5)", f["help_s"], "s", "goal <= 0.3", key="help_s")
     report.add(section, "metrics scrape (the collector, in process)", f["metrics_scrape_s"], "s", "goal <= 0.2",
                key="metrics_scrape_s")
