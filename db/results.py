@@ -31,12 +31,17 @@ def unnest_rows(fields: Sequence[ResultField]) -> str:
     return f"unnest({arrays}) AS r({', '.join(f.name for f in fields)})"
 
 
-_INSERT = f"""
-    INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at, changed_at)
-    SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now(), now()
-    FROM {unnest_rows(_WRITTEN)}
-"""
-_RESULTS_INSERT = sa.text(_INSERT + " ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id")
+def _insert(after: str = "") -> str:
+    """The batch's rows into results, from one array parameter per field; ``after``: a relation the rows
+    are joined to first (a data-modifying CTE they must wait for)."""
+    return f"""
+        INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at, changed_at)
+        SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now(), now()
+        FROM {f"{after}, " if after else ""}{unnest_rows(_WRITTEN)}
+    """
+
+
+_RESULTS_INSERT = sa.text(_insert() + " ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id")
 # A result never replaces one computed from a newer README, nor tags pinned by hand: the statement's own
 # condition, evaluated on the locked row (a pin committed while this batch was in the model still wins).
 _REPLACES = "results.readme_version <= excluded.readme_version AND results.backend <> 'manual'"
@@ -70,9 +75,7 @@ def _archive_and_replace(only_seen: bool) -> sa.TextClause:
               AND (run_id IS NULL OR new_run IS NULL OR run_id <> new_run)
             RETURNING 1
         )
-        INSERT INTO results ({", ".join(f.name for f in _WRITTEN)}, tagged_at, changed_at)
-        SELECT {", ".join(f"r.{f.name}{f.cast}" for f in _WRITTEN)}, now(), now()
-        FROM (SELECT count(*) FROM archived) AS a, {unnest_rows(_WRITTEN)}
+        {_insert("(SELECT count(*) FROM archived) AS a")}
         ON CONFLICT (repo_id) DO UPDATE SET
             {", ".join(f"{name} = excluded.{name}" for name in RESULT_NAMES)},
             tagged_at = now(), changed_at = now(), run_id = excluded.run_id
