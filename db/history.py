@@ -86,7 +86,11 @@ class RollbackReport:
 
 
 _VERSION_COLUMNS = ", ".join(VERSION_NAMES)
-_RESTORED_COLUMNS = ", ".join(f"{name} = h.{name}" for name in VERSION_NAMES if name != "repo_id")
+_RESTORED = [name for name in VERSION_NAMES if name != "repo_id"]
+# A locked result's columns, and beside them those of its version before (before_*).
+_LOCKED_COLUMNS = ", ".join([f"r.{name}" for name in VERSION_NAMES]
+                            + [f"h.{name} AS before_{name}" for name in _RESTORED])
+_RESTORED_COLUMNS = ", ".join(f"{name} = l.before_{name}" for name in _RESTORED)
 # The repos the run replaced a version of and no longer holds (replaced again since, or pinned): left
 # alone. Read before anything moves; counted exactly, named by a bounded sample.
 _LEFT_ALONE = sa.text("""
@@ -99,27 +103,28 @@ _LEFT_ALONE = sa.text("""
     SELECT pinned, count(*), (array_agg(repo_id ORDER BY repo_id))[1:CAST(:sample AS int)]
     FROM gone GROUP BY pinned
 """)
-# One statement for the writes: the run's live results, locked in id order (a worker's batch locks in
-# id order too: no deadlock), are archived, and each is either restored to the first version the run
-# replaced or (none: the run tagged it first) deleted. One snapshot and one pass over the run's rows,
-# where three statements each found them again (the delete by an anti-join over history: here, the rows
-# locked and not restored). The versions before are read off history's (repo_id, id) index in order:
-# the first one per repo needs no aggregate and no second lookup by id. Each row is locked before it is
-# written (the writes read the locked rows), and the archive reads the locked versions.
+# One statement for the writes: the run's live results are locked in id order (a worker's batch locks in
+# id order too: no deadlock), each beside the first version the run replaced (none: the run tagged it
+# first), read off history in id order too, so the two meet in a merge join with nothing to sort again.
+# Each locked row is archived, then restored to its version before or deleted. The restore and the
+# delete each take their own rows of that one set by a filter: the delete, with none to take (the common
+# case), never reads results (a join to another set of rows found them by an anti-join over results, a
+# scan of the whole table for nothing). Each row is locked before it is written (the writes read the
+# locked rows), and the archive reads the locked versions.
 _ROLLBACK_WRITES = sa.text(f"""
     WITH locked AS (
-        SELECT {_VERSION_COLUMNS} FROM results WHERE run_id = :run ORDER BY repo_id FOR UPDATE
+        SELECT {_LOCKED_COLUMNS}, h.id AS before_id
+        FROM results r LEFT JOIN (
+            SELECT DISTINCT ON (repo_id) id, {_VERSION_COLUMNS} FROM result_history WHERE replaced_by_run = :run
+            ORDER BY repo_id, id
+        ) AS h ON h.repo_id = r.repo_id
+        WHERE r.run_id = :run ORDER BY r.repo_id FOR UPDATE OF r
     ), restored AS (
         UPDATE results SET {_RESTORED_COLUMNS}, changed_at = now()
-        FROM locked l JOIN (
-            SELECT DISTINCT ON (repo_id) {_VERSION_COLUMNS} FROM result_history WHERE replaced_by_run = :run
-            ORDER BY repo_id, id
-        ) AS h ON h.repo_id = l.repo_id
-        WHERE results.repo_id = l.repo_id
-        RETURNING results.repo_id
+        FROM locked l WHERE results.repo_id = l.repo_id AND l.before_id IS NOT NULL
+        RETURNING 1
     ), removed AS (
-        DELETE FROM results USING locked l WHERE results.repo_id = l.repo_id
-          AND NOT EXISTS (SELECT 1 FROM restored r WHERE r.repo_id = l.repo_id)
+        DELETE FROM results USING locked l WHERE results.repo_id = l.repo_id AND l.before_id IS NULL
         RETURNING 1
     ), archived AS (
         INSERT INTO result_history ({_VERSION_COLUMNS}, replaced_by_run, replaced_reason)
