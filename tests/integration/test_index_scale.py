@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from bench.bulk import IndexShape, load_index
-from bench.index import make_retag_run
+from bench.index import _FLOOR_TABLE, import_floor_rows_per_s, make_retag_run, write_floor_copy, write_import_file
 from db.canary import _PROMOTE_NEW, _PROMOTE_REPLACE, insert_shadow_queued, promote_shadow_results, write_shadow_results
 from db.configuration import Configuration
 from db.counts import CANARY_COUNTERS, RUN_COUNTERS, run_counters
@@ -26,6 +26,7 @@ from db.results import upsert_results
 from db.runs import create_run
 from producer import importer
 from tagger.errors import InputError
+from tagger.readme import readme_hash
 from tests.support.processes import run_cli
 
 N = 300  # repos: enough for every statement to work on sets, few enough for a quick test
@@ -427,3 +428,26 @@ def test_rollback_and_promote_plan_no_nested_loop_over_a_run_the_statistics_do_n
             assert "Nested Loop" not in plan, plan
         rolled_back = rollback_run(conn, retag)
     assert rolled_back.restored == repos
+
+
+def test_the_import_floor_copies_the_import_files_rows_and_leaves_nothing_behind(database_url, tmp_path):
+    """The index bench's floor for `tagger import`: the same rows, as one binary COPY stream, into a table
+    shaped as repos; measured, then dropped."""
+    lines = tmp_path / "import.jsonl"
+    write_import_file(lines, 40)
+    stream = tmp_path / "floor.copy"
+    assert write_floor_copy(lines, stream) == 40
+    with transaction(database_url) as conn:
+        conn.execute(sa.text("CREATE TEMP TABLE floor_check (LIKE repos INCLUDING ALL)"))
+        driver = conn.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(
+                "COPY floor_check (id, name, readme, readme_hash) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(stream.read_bytes())
+        copied = conn.execute(sa.text("SELECT id, name, readme, readme_hash FROM floor_check ORDER BY id")).all()
+    expected = sorted((row["id"], row["name"], row["readme"], readme_hash(row["readme"]))
+                      for row in map(json.loads, lines.read_text().splitlines()))
+    assert [tuple(row) for row in copied] == expected
+    assert import_floor_rows_per_s(database_url, lines, tmp_path) > 0
+    with transaction(database_url) as conn:
+        assert conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": _FLOOR_TABLE}).scalar() is None
+    assert not (tmp_path / "floor.copy").exists()
