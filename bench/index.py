@@ -9,12 +9,11 @@ stale, sweep, a canary draw, diff, export --changed-since after 1 % of the resul
 loaded canary and export --changed-since after it (10 % changed; when the CLI has the option), rollback
 of a run that re-tagged one repo in ten (built by SQL: the issue's "rollback of a 100,000-repo re-tag run"
 at 1 M), rollback of the live run (the whole index), history pruning (when the CLI has it), and an import of a
-JSON Lines file of realistic READMEs.
+JSON Lines file of realistic READMEs, then the same rows by one bare COPY: the server's floor for an import.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,8 +32,10 @@ import sqlalchemy as sa
 
 from db.engine import transaction
 from db.models import VERSION_NAMES
+from db.repos import BINARY_COPY_HEADER, BINARY_COPY_TRAILER
 from producer.enqueue import current_configuration, iter_selection
 from producer.metrics import PipelineCollector
+from tagger.readme import readme_hash
 from tagger.settings import Settings
 
 from . import ROOT, TAGGER, bench_env, synthetic_rows
@@ -103,7 +104,6 @@ def write_import_file(path: Path, lines: int, prefix: str = "imp") -> int:
     return path.stat().st_size
 
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _FLOOR_TABLE = "bench_import_floor"
 _COPY_PIECE = 1024 * 1024
 
@@ -113,16 +113,15 @@ def write_floor_copy(jsonl: Path, out: Path) -> int:
     `tagger import` sends for them; rows."""
     rows = 0
     with open(jsonl, "rb") as lines, open(out, "wb") as copy:
-        copy.write(_COPY_HEADER)
+        copy.write(BINARY_COPY_HEADER)
         for line in lines:
             row = json.loads(line)
-            readme = row["readme"].encode()
-            fields = (row["id"].encode(), row["name"].encode(), readme, hashlib.sha256(readme).hexdigest().encode())
+            fields = (row["id"], row["name"], row["readme"], readme_hash(row["readme"]))
             copy.write(struct.pack(">h", len(fields)))
-            for field in fields:
+            for field in map(str.encode, fields):
                 copy.write(struct.pack(">i", len(field)) + field)
             rows += 1
-        copy.write(struct.pack(">h", -1))
+        copy.write(BINARY_COPY_TRAILER)
     return rows
 
 

@@ -122,8 +122,8 @@ class ImportRow(NamedTuple):
 
 
 _pack = struct.pack
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + _pack(">ii", 0, 0)  # binary COPY's header: no flags, no extension
-_TRAILER = _pack(">h", -1)
+BINARY_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + _pack(">ii", 0, 0)  # binary COPY's header: no flags, no extension
+BINARY_COPY_TRAILER = _pack(">h", -1)
 _NULL = _pack(">i", -1)
 _HASH_LENGTH = _pack(">i", 64)  # a sha256 in hex
 
@@ -134,11 +134,11 @@ def _size_field(size: int | None) -> bytes:
 
 def _ids_block(rows: Sequence[ImportRow]) -> bytes:
     """(line, id) of each row, in binary COPY format."""
-    parts = [_SIGNATURE]
+    parts = [BINARY_COPY_HEADER]
     for row in rows:
         repo_id = row.id.encode()
         parts += (_pack(">hiqi", 2, 8, row.line, len(repo_id)), repo_id)
-    parts.append(_TRAILER)
+    parts.append(BINARY_COPY_TRAILER)
     return b"".join(parts)
 
 
@@ -146,7 +146,7 @@ def _rows_block(rows: Sequence[ImportRow], *, hashed: bool) -> bytes:
     """The rows in binary COPY format: (id, name, readme, readme_hash, readme_size) when ``hashed``, else
     (line, id, name, readme, readme_size). The hash is tagger.readme.readme_hash of the text (sha256 of its
     UTF-8), taken here of the bytes already encoded (hashlib lets other threads run meanwhile)."""
-    parts = [_SIGNATURE]
+    parts = [BINARY_COPY_HEADER]
     for row in rows:
         repo_id, name, readme = row.id.encode(), row.name.encode(), row.readme
         if hashed:
@@ -156,7 +156,7 @@ def _rows_block(rows: Sequence[ImportRow], *, hashed: bool) -> bytes:
         else:
             parts += (_pack(">hiqi", 5, 8, row.line, len(repo_id)), repo_id, _pack(">i", len(name)), name,
                       _pack(">i", len(readme)), readme, _size_field(row.readme_size))
-    parts.append(_TRAILER)
+    parts.append(BINARY_COPY_TRAILER)
     return b"".join(parts)
 
 
