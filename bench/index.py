@@ -19,12 +19,12 @@ import os
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import psycopg
@@ -32,10 +32,10 @@ import sqlalchemy as sa
 
 from db.engine import transaction
 from db.models import VERSION_NAMES
-from db.repos import BINARY_COPY_HEADER, BINARY_COPY_TRAILER
+from db.repos import BINARY_COPY_HEADER, BINARY_COPY_TRAILER, REPOS_COPY_COLUMNS, repos_copy_tuples
 from producer.enqueue import current_configuration, iter_selection
+from producer.importer import CHUNK_ROWS, ImportReport, iter_rows
 from producer.metrics import PipelineCollector
-from tagger.readme import readme_hash
 from tagger.settings import Settings
 
 from . import ROOT, TAGGER, bench_env, synthetic_rows
@@ -109,18 +109,15 @@ _COPY_PIECE = 1024 * 1024
 
 
 def write_floor_copy(jsonl: Path, out: Path) -> int:
-    """The import file's rows as one binary COPY stream of (id, name, readme, readme_hash), what
-    `tagger import` sends for them; rows."""
+    """The import file's rows as one binary COPY stream, read and encoded as `tagger import` reads and
+    COPYs them into repos (REPOS_COPY_COLUMNS); rows."""
     rows = 0
     with open(jsonl, "rb") as lines, open(out, "wb") as copy:
         copy.write(BINARY_COPY_HEADER)
-        for line in lines:
-            row = json.loads(line)
-            fields = (row["id"], row["name"], row["readme"], readme_hash(row["readme"]))
-            copy.write(struct.pack(">h", len(fields)))
-            for field in map(str.encode, fields):
-                copy.write(struct.pack(">i", len(field)) + field)
-            rows += 1
+        parsed = iter_rows(lines, ImportReport())
+        while chunk := list(islice(parsed, CHUNK_ROWS)):
+            copy.write(repos_copy_tuples(chunk))
+            rows += len(chunk)
         copy.write(BINARY_COPY_TRAILER)
     return rows
 
@@ -141,7 +138,7 @@ def import_floor_rows_per_s(url: str, jsonl: Path, tmp: Path) -> float:
                 conn.execute("CHECKPOINT")
             started = time.perf_counter()
             with conn.cursor() as cursor, cursor.copy(
-                    f"COPY {_FLOOR_TABLE} (id, name, readme, readme_hash) FROM STDIN (FORMAT BINARY)") as copy, \
+                    f"COPY {_FLOOR_TABLE} {REPOS_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy, \
                     open(stream, "rb") as source:
                 while piece := source.read(_COPY_PIECE):
                     copy.write(piece)

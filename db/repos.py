@@ -71,7 +71,8 @@ _IMPORT_TABLES = (
 # Binary COPY: no escaping to do on either side (the text format's backslash escapes cost the client a
 # pass over every README and the server another; measured: a third of the server's COPY time).
 _COPY_IDS = "COPY import_ids (line, id) FROM STDIN (FORMAT BINARY)"
-_COPY_REPOS = "COPY repos (id, name, readme, readme_hash, readme_size) FROM STDIN (FORMAT BINARY)"
+REPOS_COPY_COLUMNS = "(id, name, readme, readme_hash, readme_size)"
+_COPY_REPOS = f"COPY repos {REPOS_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)"
 _IMPORT_KNOWN = sa.text("SELECT EXISTS (SELECT 1 FROM import_ids i JOIN repos p ON p.id = i.id)")
 _COPY_CHUNK = "COPY import_chunk (line, id, name, readme, readme_size) FROM STDIN (FORMAT BINARY)"
 # Lines whose id an earlier line had (in this chunk or an earlier one): (line, id, first line); run after
@@ -142,11 +143,12 @@ def _ids_block(rows: Sequence[ImportRow]) -> bytes:
     return b"".join(parts)
 
 
-def _rows_block(rows: Sequence[ImportRow], *, hashed: bool) -> bytes:
-    """The rows in binary COPY format: (id, name, readme, readme_hash, readme_size) when ``hashed``, else
-    (line, id, name, readme, readme_size). The hash is tagger.readme.readme_hash of the text (sha256 of its
-    UTF-8), taken here of the bytes already encoded (hashlib lets other threads run meanwhile)."""
-    parts = [BINARY_COPY_HEADER]
+def _tuples(rows: Sequence[ImportRow], *, hashed: bool) -> list[bytes]:
+    """The rows as binary COPY tuples, without a stream's header and trailer: (id, name, readme,
+    readme_hash, readme_size) when ``hashed`` (REPOS_COPY_COLUMNS), else (line, id, name, readme,
+    readme_size). The hash is tagger.readme.readme_hash of the text (sha256 of its UTF-8), taken here of
+    the bytes already encoded (hashlib lets other threads run meanwhile)."""
+    parts: list[bytes] = []
     for row in rows:
         repo_id, name, readme = row.id.encode(), row.name.encode(), row.readme
         if hashed:
@@ -156,8 +158,18 @@ def _rows_block(rows: Sequence[ImportRow], *, hashed: bool) -> bytes:
         else:
             parts += (_pack(">hiqi", 5, 8, row.line, len(repo_id)), repo_id, _pack(">i", len(name)), name,
                       _pack(">i", len(readme)), readme, _size_field(row.readme_size))
-    parts.append(BINARY_COPY_TRAILER)
-    return b"".join(parts)
+    return parts
+
+
+def _rows_block(rows: Sequence[ImportRow], *, hashed: bool) -> bytes:
+    """The rows as one binary COPY stream (_tuples)."""
+    return b"".join([BINARY_COPY_HEADER, *_tuples(rows, hashed=hashed), BINARY_COPY_TRAILER])
+
+
+def repos_copy_tuples(rows: Sequence[ImportRow]) -> bytes:
+    """The rows as `tagger import` COPYs them into repos (REPOS_COPY_COLUMNS), without a stream's header
+    and trailer: for a stream of several chunks (the index bench's floor for an import)."""
+    return b"".join(_tuples(rows, hashed=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from db.history import _LEFT_ALONE, _ROLLBACK_WRITES, prune_history, rollback_ru
 from db.jobs import mark_done, mark_queued, schedule_retries, status_counts
 from db.pins import pin_tags, unpin_tags
 from db.progress import canaries_pending, runs_progress
+from db.repos import REPOS_COPY_COLUMNS
 from db.results import upsert_results
 from db.runs import create_run
 from producer import importer
@@ -441,7 +442,7 @@ def test_the_import_floor_copies_the_import_files_rows_and_leaves_nothing_behind
         conn.execute(sa.text("CREATE TEMP TABLE floor_check (LIKE repos INCLUDING ALL)"))
         driver = conn.connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(
-                "COPY floor_check (id, name, readme, readme_hash) FROM STDIN (FORMAT BINARY)") as copy:
+                f"COPY floor_check {REPOS_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(stream.read_bytes())
         copied = conn.execute(sa.text("SELECT id, name, readme, readme_hash FROM floor_check ORDER BY id")).all()
     expected = sorted((row["id"], row["name"], row["readme"], readme_hash(row["readme"]))
