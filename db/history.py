@@ -105,12 +105,12 @@ _LEFT_ALONE = sa.text("""
 """)
 # One statement for the writes: the run's live results are locked in id order (a worker's batch locks in
 # id order too: no deadlock), each beside the first version the run replaced (none: the run tagged it
-# first), read off history in id order too, so the two meet in a merge join with nothing to sort again.
-# Each locked row is archived, then restored to its version before or deleted. The restore and the
-# delete each take their own rows of that one set by a filter: the delete, with none to take (the common
-# case), never reads results (a join to another set of rows found them by an anti-join over results, a
-# scan of the whole table for nothing). Each row is locked before it is written (the writes read the
-# locked rows), and the archive reads the locked versions.
+# first), the two joined in id order (a merge join) while the locks are taken. Each locked row is
+# archived, then restored to its version before or deleted. The restore and the delete each take their
+# own rows of that one set by a filter: the delete, with none to take (the common case), reads no row of
+# results (before, it found its rows by an anti-join over the restored rows, with a scan of the whole
+# table), and the restore no longer joins history a second time. Each row is locked before it is
+# written (the writes read the locked rows), and the archive reads the locked versions.
 _ROLLBACK_WRITES = sa.text(f"""
     WITH locked AS (
         SELECT {_LOCKED_COLUMNS}, h.id AS before_id
